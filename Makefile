@@ -1,0 +1,46 @@
+# shimmer: `make run` and `make test` are all a newcomer needs (see README.md).
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/shimmer
+
+# Debian packages the build and the tests need, as "command:package" pairs.
+BUILD_DEPS := cmake:cmake pkg-config:pkg-config cc:gcc perl:perl make:make curl:curl
+.PHONY: all deps build run demo test lint bench clean
+
+all: build
+
+# Installs only what is missing; `apt-get update` runs once, and only if needed.
+deps:
+	@missing=""; for pair in $(BUILD_DEPS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --release --locked
+
+# One mirror (node a) on the embedded default config, in front of the built-in
+# origin serving conf/sample-data. Ctrl-C stops both.
+run: build
+	@scripts/run.sh $(BIN)
+
+# Three mirrors with weights 5, 5 and 10 and one origin, on 127.0.0.1 ports.
+demo: build
+	@scripts/demo.sh $(BIN)
+
+# The whole suite: unit, property and integration tests, on one release build that
+# the integration tests share (they start target/release/shimmer).
+test: deps
+	$(CARGO) test --release --locked --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+clean:
+	$(CARGO) clean

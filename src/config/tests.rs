@@ -1,0 +1,178 @@
+use super::*;
+
+const GOOD: &str = r#"
+pid_file: /tmp/x.pid
+shimmer:
+  node: a
+  listen: ["127.0.0.1:8080"]
+  static:
+    image_ilink: "http://m-{a=5,b=5,c=10}.example.com/_images/$hash/$id.$ext"
+  origin:
+    servers: ["http://127.0.0.1:8081", "127.0.0.1:8082", "https://127.0.0.1"]
+"#;
+
+fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
+    parse(Path::new("test.yaml"), text)
+}
+
+/// `GOOD` with one line replaced; the test names what it breaks.
+fn broken(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from:?} not in the good config");
+    GOOD.replacen(from, to, 1)
+}
+
+fn error_of(text: &str) -> String {
+    parse_str(text).expect_err("config should be refused").to_string()
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let l = parse_str(include_str!("../../conf/shimmer.yaml")).unwrap();
+    assert_eq!(l.settings.node, "a");
+    assert_eq!(l.server.grace_period_seconds, Some(10));
+}
+
+#[test]
+fn good_config_gets_defaults_and_resolved_origins() {
+    let l = parse_str(GOOD).unwrap();
+    let s = &l.settings;
+    assert_eq!(s.mode, Mode::Redirect);
+    assert_eq!(s.origins.len(), 3);
+    assert_eq!(s.origins[0].addr.to_string(), "127.0.0.1:8081");
+    assert!(!s.origins[1].tls);
+    assert_eq!(s.origins[2].addr.port(), 443);
+    assert!(s.origins[2].tls);
+    assert_eq!(s.origins[0].host, "127.0.0.1");
+    assert_eq!(s.connect_timeout, Duration::from_secs(2));
+    assert_eq!(s.memory_bytes, 256 << 20);
+    assert_eq!(s.cache_control, "public, max-age=31536000, immutable");
+    // Pingora's 300 s grace period is replaced when the file does not set one.
+    assert_eq!(l.server.grace_period_seconds, Some(10));
+    assert_eq!(l.server.pid_file, "/tmp/x.pid");
+}
+
+#[test]
+fn grace_period_from_the_file_is_kept() {
+    let l = parse_str(&format!("grace_period_seconds: 42\n{GOOD}")).unwrap();
+    assert_eq!(l.server.grace_period_seconds, Some(42));
+}
+
+#[test]
+fn malformed_yaml_is_refused_with_the_file_name() {
+    let e = error_of("shimmer: [unclosed");
+    assert!(e.starts_with("test.yaml:"), "{e}");
+}
+
+#[test]
+fn missing_shimmer_section_is_refused() {
+    assert!(error_of("threads: 2\n").contains("missing the `shimmer:` section"));
+}
+
+#[test]
+fn unknown_key_is_refused_by_name() {
+    let e = error_of(&broken("  node: a", "  node: a\n  nod: b"));
+    assert!(e.contains("nod"), "{e}");
+}
+
+#[test]
+fn missing_node_is_refused() {
+    let e = error_of(&broken("  node: a\n", ""));
+    assert!(e.contains("node"), "{e}");
+}
+
+#[test]
+fn node_name_with_template_syntax_is_refused() {
+    for bad in ["\"\"", "\"a=5\"", "\"{a}\"", "\"a,b\""] {
+        let e = error_of(&broken("node: a", &format!("node: {bad}")));
+        assert!(e.contains("shimmer.node"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn bad_listen_address_is_refused() {
+    let e = error_of(&broken("[\"127.0.0.1:8080\"]", "[\"localhost:http\"]"));
+    assert!(e.contains("shimmer.listen"), "{e}");
+    let e = error_of(&broken("[\"127.0.0.1:8080\"]", "[]"));
+    assert!(e.contains("shimmer.listen"), "{e}");
+}
+
+#[test]
+fn empty_origin_list_is_refused() {
+    let e = error_of(&broken(
+        r#"["http://127.0.0.1:8081", "127.0.0.1:8082", "https://127.0.0.1"]"#,
+        "[]",
+    ));
+    assert!(e.contains("shimmer.origin.servers"), "{e}");
+}
+
+#[test]
+fn origin_with_a_path_or_strange_scheme_is_refused() {
+    for bad in ["http://127.0.0.1:8081/data", "ftp://127.0.0.1", "http://"] {
+        let e = error_of(&broken("http://127.0.0.1:8081", bad));
+        assert!(e.contains("shimmer.origin.servers"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn zero_timeouts_are_refused() {
+    let text = broken("    servers:", "    connect_timeout: 0s\n    servers:");
+    assert!(error_of(&text).contains("connect_timeout"));
+}
+
+#[test]
+fn bad_sizes_and_durations_are_refused_with_the_value() {
+    let text = format!("{GOOD}  cache:\n    memory_bytes: 12X\n");
+    assert!(error_of(&text).contains("12X"));
+    let text = format!("{GOOD}  cache:\n    lock_timeout: soon\n");
+    assert!(error_of(&text).contains("soon"));
+    let text = format!("{GOOD}  cache:\n    memory_bytes: 1K\n");
+    assert!(error_of(&text).contains("memory_bytes"));
+}
+
+#[test]
+fn broken_template_is_refused_naming_the_entry() {
+    let e = error_of(&broken("{a=5,b=5,c=10}", "{a=5,b=5=1,c=10}"));
+    assert!(e.contains("b=5=1"), "{e}");
+}
+
+#[test]
+fn unavailable_mode_and_source_are_refused_clearly() {
+    let e = error_of(&broken("  node: a", "  node: a\n  mode: proxy"));
+    assert!(e.contains("shimmer.mode"), "{e}");
+    let e = error_of(&broken("  node: a", "  node: a\n  mode: teleport"));
+    assert!(e.contains("teleport"), "{e}");
+    let e = error_of(&broken("  node: a", "  node: a\n  source: \"postgres://db\""));
+    assert!(e.contains("shimmer.source"), "{e}");
+}
+
+#[test]
+fn bad_header_value_and_log_level_are_refused() {
+    let e = error_of(&format!("{GOOD}  http:\n    cache_control: \"a\\nb\"\n"));
+    assert!(e.contains("cache_control"), "{e}");
+    let e = error_of(&format!("{GOOD}  log_level: \"shimmer=loud\"\n"));
+    assert!(e.contains("log_level"), "{e}");
+}
+
+#[test]
+fn byte_sizes_parse() {
+    assert_eq!(ByteSize::parse("512").unwrap().0, 512);
+    assert_eq!(ByteSize::parse("64K").unwrap().0, 64 << 10);
+    assert_eq!(ByteSize::parse("512M").unwrap().0, 512 << 20);
+    assert_eq!(ByteSize::parse("16GiB").unwrap().0, 16 << 30);
+    assert_eq!(ByteSize::parse("2 TB").unwrap().0, 2 << 40);
+    assert!(ByteSize::parse("M").is_err());
+    assert!(ByteSize::parse("-5M").is_err());
+    assert!(ByteSize::parse("99999999999T").is_err());
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(Seconds::parse("500ms").unwrap().0, Duration::from_millis(500));
+    assert_eq!(Seconds::parse("2s").unwrap().0, Duration::from_secs(2));
+    assert_eq!(Seconds::parse("1.5").unwrap().0, Duration::from_millis(1500));
+    assert_eq!(Seconds::parse("5m").unwrap().0, Duration::from_secs(300));
+    assert_eq!(Seconds::parse("1h").unwrap().0, Duration::from_secs(3600));
+    assert!(Seconds::parse("1d").is_err());
+    assert!(Seconds::parse("").is_err());
+    assert!(Seconds::parse("1e999").is_err());
+}

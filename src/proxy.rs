@@ -1,0 +1,421 @@
+//! The mirror's `ProxyHttp`: DESIGN.md section 1, steps 1 to 7. It composes request
+//! parsing, placement, the cache and the origins, and owns no state: everything it
+//! reads comes from one snapshot of [`Shared`] taken when the request starts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora_cache::eviction::EvictionManager;
+use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::config::Settings;
+use crate::metrics;
+use crate::request::{self, MediaRequest, Reject, HOP_PARAM};
+use crate::state::Shared;
+
+/// How long a 200 is fresh. Content is addressed by its md5, so it never changes;
+/// bans and purges remove it explicitly.
+const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The Pingora application of one mirror.
+pub struct Mirror {
+    shared: Arc<Shared>,
+}
+
+impl Mirror {
+    pub fn new(shared: Arc<Shared>) -> Mirror {
+        Mirror { shared }
+    }
+}
+
+/// What happened to a request, for the response headers, the log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Rejected,
+    Redirect,
+    Served,
+    Error,
+}
+
+/// Per-request state: the snapshot of the settings and what was learned on the way.
+pub struct RequestCtx {
+    settings: Arc<Settings>,
+    media: Option<MediaRequest>,
+    outcome: Outcome,
+    /// Origins tried so far for this request (the next one is `origins[tries % n]`).
+    origin_tries: usize,
+    origin_started: Option<Instant>,
+    started: Instant,
+}
+
+impl RequestCtx {
+    fn silo_label(&self) -> &'static str {
+        self.media.as_ref().map_or("none", |m| m.silo.as_str())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Mirror {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            settings: self.shared.settings.load_full(),
+            media: None,
+            outcome: Outcome::Pending,
+            origin_tries: 0,
+            origin_started: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // No response compression: images and videos are already compressed.
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let parsed = request::parse(
+            &req.method,
+            req.uri.path(),
+            req.uri.query(),
+            ctx.settings.max_path_bytes,
+        );
+        let media = match parsed {
+            Ok(m) => m,
+            Err(reject) => {
+                ctx.outcome = Outcome::Rejected;
+                respond_text(session, &ctx.settings, reject).await?;
+                return Ok(true);
+            }
+        };
+        let fleet = self.shared.fleet.load();
+        let owners = fleet.owners(media.silo, &media.hash);
+        let node = ctx.settings.node.as_str();
+        // A request another mirror already redirected is served whatever our view
+        // says: two mirrors that briefly disagree must not bounce a client forever.
+        if !media.hopped && !owners.is_owner(node) {
+            if let Some(primary) = owners.primary() {
+                let url = fleet.node_url(media.silo, primary, &media.hash, &media.rest);
+                let location = with_hop_marker(&url, node);
+                ctx.outcome = Outcome::Redirect;
+                ctx.media = Some(media);
+                let mut resp = ResponseHeader::build(307, Some(4))?;
+                resp.insert_header(header::LOCATION, location)?;
+                resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                // Placement follows the live weights: a browser must not remember it.
+                resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+                resp.insert_header("x-shimmer-node", node)?;
+                session.write_response_header(Box::new(resp), true).await?;
+                return Ok(true);
+            }
+        }
+        ctx.media = Some(media);
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let parts = self.shared.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(ctx.settings.lock_timeout);
+        session.cache.enable(
+            &parts.memory,
+            None::<&'static (dyn EvictionManager + Sync)>,
+            Some(&parts.predictor),
+            Some(parts.lock.as_ref()),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(usize::try_from(ctx.settings.max_object_bytes).unwrap_or(usize::MAX));
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let media = ctx
+            .media
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a media request"))?;
+        Ok(CacheKey::new(media.cache_key(), ""))
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let s = &ctx.settings;
+        let origin = s
+            .origins
+            .get(ctx.origin_tries % s.origins.len().max(1))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no origin configured"))?;
+        ctx.origin_tries += 1;
+        ctx.origin_started = Some(Instant::now());
+        let mut peer = HttpPeer::new(origin.addr, origin.tls, origin.host.clone());
+        peer.options.connection_timeout = Some(s.connect_timeout);
+        peer.options.total_connection_timeout = Some(s.connect_timeout);
+        peer.options.read_timeout = Some(s.read_timeout);
+        peer.options.write_timeout = Some(s.read_timeout);
+        peer.options.idle_timeout = Some(s.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let media = ctx
+            .media
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream request without a media request"))?;
+        let uri = media
+            .origin_path()
+            .parse::<http::Uri>()
+            .or_err(ErrorType::InternalError, "origin path is not a URI")?;
+        upstream.set_uri(uri);
+        let s = &ctx.settings;
+        let host = match &s.origin_host {
+            Some(h) => h.clone(),
+            None => {
+                let i = (ctx.origin_tries.max(1) - 1) % s.origins.len().max(1);
+                s.origins.get(i).map(|o| o.host.clone()).unwrap_or_default()
+            }
+        };
+        upstream.insert_header(header::HOST, host)?;
+        // The origin serves public files: the visitor's cookies and credentials are
+        // none of its business.
+        upstream.remove_header(&header::COOKIE);
+        upstream.remove_header(&header::AUTHORIZATION);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        let result = match status {
+            200..=299 => "ok",
+            404 | 410 => "not_found",
+            500..=599 => "server_error",
+            _ => "other",
+        };
+        observe_origin(ctx, result);
+        if status >= 500 {
+            // Never pass an origin's error on as content. Another origin may have it.
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("origin answered {status}"),
+            );
+            e.set_retry(ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none());
+            return Err(e);
+        }
+        for h in [header::SET_COOKIE, header::CACHE_CONTROL, header::EXPIRES, header::PRAGMA, header::VARY] {
+            resp.remove_header(&h);
+        }
+        if status == 200 {
+            if let Some(media) = &ctx.media {
+                // Stored with the object, so If-None-Match works on hits as on misses.
+                resp.insert_header(header::ETAG, format!("\"{}\"", media.hash))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let now = SystemTime::now();
+        let ttl = match resp.status.as_u16() {
+            200 => IMMUTABLE_TTL,
+            // Remembered briefly so a missing image cannot hammer the origin, and
+            // forgotten soon so an upload shows up.
+            404 if !ctx.settings.not_found_ttl.is_zero() => ctx.settings.not_found_ttl,
+            _ => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
+        };
+        Ok(RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, resp.clone())))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.outcome = Outcome::Served;
+        let s = &ctx.settings;
+        let cache_control = match resp.status.as_u16() {
+            200 | 206 | 304 => s.cache_control.clone(),
+            404 => format!("public, max-age={}", s.not_found_ttl.as_secs()),
+            _ => "no-store".to_owned(),
+        };
+        resp.insert_header(header::CACHE_CONTROL, cache_control)?;
+        resp.insert_header("x-shimmer-node", s.node.as_str())?;
+        resp.insert_header("x-cache", cache_status(session.cache.phase()))?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        observe_origin(ctx, origin_error_result(&e));
+        e.set_retry(ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none());
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("origin {peer}"));
+        if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            if ctx.origin_started.is_some() {
+                observe_origin(ctx, origin_error_result(&e));
+            }
+            // Fail over only while nothing has reached the client: after that a retry
+            // would splice two responses together.
+            e.set_retry(ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none());
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        ctx.outcome = Outcome::Error;
+        let reject = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(502)) => Reject { status: 502, reason: "origin failed" },
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => Reject { status: 504, reason: "origin timed out" },
+            (ErrorSource::Upstream, _) => Reject { status: 502, reason: "origin unreachable" },
+            (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => {
+                return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            }
+            (ErrorSource::Downstream, _) => Reject { status: 400, reason: "bad request" },
+            _ => Reject { status: 500, reason: "internal error" },
+        };
+        if session.response_written().is_none() {
+            if let Err(err) = respond_text(session, &ctx.settings, reject).await {
+                tracing::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy { error_code: reject.status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let outcome = match ctx.outcome {
+            Outcome::Rejected => "rejected",
+            Outcome::Redirect => "redirect",
+            Outcome::Error | Outcome::Pending => "error",
+            Outcome::Served if status == 404 => "not_found",
+            Outcome::Served if status >= 500 => "error",
+            Outcome::Served => match session.cache.phase() {
+                CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "hit",
+                CachePhase::Miss | CachePhase::Expired | CachePhase::Stale | CachePhase::StaleUpdating => "miss",
+                _ => "pass",
+            },
+        };
+        metrics::REQUESTS.with_label_values(&[ctx.silo_label(), outcome]).inc();
+        metrics::REQUEST_SECONDS
+            .with_label_values(&[outcome])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        metrics::SENT_BYTES.inc_by(session.body_bytes_sent() as u64);
+        let req = session.req_header();
+        tracing::info!(
+            target: "shimmer::access",
+            "{} {} {} {} {}B {:.1}ms",
+            session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            req.method,
+            req.uri.path(),
+            status,
+            session.body_bytes_sent(),
+            ctx.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+/// The value of the `x-cache` response header for a cache phase.
+fn cache_status(phase: CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit => "HIT",
+        CachePhase::Miss => "MISS",
+        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+        CachePhase::Expired => "EXPIRED",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
+        _ => "PASS",
+    }
+}
+
+fn origin_error_result(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+        ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => "connect_error",
+        _ => "error",
+    }
+}
+
+fn observe_origin(ctx: &mut RequestCtx, result: &'static str) {
+    metrics::ORIGIN_REQUESTS.with_label_values(&[result]).inc();
+    if let Some(t) = ctx.origin_started.take() {
+        metrics::ORIGIN_SECONDS
+            .with_label_values(&[result])
+            .observe(t.elapsed().as_secs_f64());
+    }
+}
+
+/// The owner's URL plus the hop marker (see [`request::HOP_PARAM`]).
+fn with_hop_marker(url: &str, from_node: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{HOP_PARAM}={from_node}")
+}
+
+/// A short plain-text response for refusals and failures; never cached.
+async fn respond_text(session: &mut Session, settings: &Settings, reject: Reject) -> Result<()> {
+    let body = Bytes::from(format!("{}\n", reject.reason));
+    let mut resp = ResponseHeader::build(reject.status, Some(6))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header("x-shimmer-node", settings.node.as_str())?;
+    if reject.status == 405 {
+        resp.insert_header(header::ALLOW, "GET, HEAD")?;
+    }
+    if reject.status == 405 {
+        // The request may carry a body nobody read: do not reuse the connection.
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_marker_is_appended_as_a_query_parameter() {
+        assert_eq!(with_hop_marker("http://b/_images/x/y.jpg", "a"), "http://b/_images/x/y.jpg?shimmer_hop=a");
+        assert_eq!(with_hop_marker("http://b/y?z=1", "a"), "http://b/y?z=1&shimmer_hop=a");
+    }
+}
