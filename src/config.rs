@@ -242,8 +242,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
 }
 
 fn mentions_top_level_key(text: &str, key: &str) -> bool {
-    text.lines()
-        .any(|l| l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')))
+    text.lines().any(|l| {
+        l.strip_prefix(key)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    })
 }
 
 fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
@@ -256,11 +258,17 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
     if node.is_empty() || node.contains(['{', '}', ',', '=']) {
         return Err(invalid(
             "shimmer.node",
-            format!("{:?} is not a node name as used in the link templates", raw.node),
+            format!(
+                "{:?} is not a node name as used in the link templates",
+                raw.node
+            ),
         ));
     }
     if raw.listen.is_empty() {
-        return Err(invalid("shimmer.listen", "needs at least one address".into()));
+        return Err(invalid(
+            "shimmer.listen",
+            "needs at least one address".into(),
+        ));
     }
     for l in &raw.listen {
         l.parse::<SocketAddr>()
@@ -275,10 +283,7 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
     if raw.source != "static" {
         return Err(invalid(
             "shimmer.source",
-            format!(
-                "{:?}: only `static` is available in this build",
-                raw.source
-            ),
+            format!("{:?}: only `static` is available in this build", raw.source),
         ));
     }
     if raw.origin.servers.is_empty() {
@@ -295,7 +300,10 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(h) = &raw.origin.host {
         if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(invalid("shimmer.origin.host", format!("{h:?} is not a host")));
+            return Err(invalid(
+                "shimmer.origin.host",
+                format!("{h:?} is not a host"),
+            ));
         }
     }
     for (key, d) in [
@@ -354,7 +362,9 @@ fn parse_origin(s: &str) -> Result<OriginServer, String> {
     } else if let Some(r) = s.strip_prefix("http://") {
         (false, r)
     } else if s.contains("://") {
-        return Err(format!("{s:?}: only http:// and https:// origins are supported"));
+        return Err(format!(
+            "{s:?}: only http:// and https:// origins are supported"
+        ));
     } else {
         (false, s)
     };
@@ -386,9 +396,7 @@ fn parse_origin(s: &str) -> Result<OriginServer, String> {
 impl ByteSize {
     pub fn parse(s: &str) -> Result<ByteSize, String> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
         let n: u64 = digits
             .parse()

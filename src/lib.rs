@@ -2,4 +2,14 @@
 //!
 //! The map of the house is DESIGN.md; each module's doc says what it owns.
 
+pub mod cache;
+pub mod config;
 pub mod fleet;
+pub mod media_type;
+pub mod metrics;
+pub mod origin;
+pub mod owners;
+pub mod proxy;
+pub mod reload;
+pub mod request;
+pub mod state;

@@ -63,13 +63,32 @@ pub fn init() {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn every_metric_registers_once() {
-        super::init();
+    fn every_metric_is_exported_under_its_name() {
+        init();
+        // Vectors only appear once a label set exists.
+        REQUESTS.with_label_values(&["_images", "hit"]).inc();
+        REQUEST_SECONDS.with_label_values(&["hit"]).observe(0.001);
+        ORIGIN_REQUESTS.with_label_values(&["ok"]).inc();
+        ORIGIN_SECONDS.with_label_values(&["ok"]).observe(0.01);
+        SENT_BYTES.inc_by(10);
         let names: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_owned())
             .collect();
-        assert!(names.iter().any(|n| n == "shimmer_requests_total") || names.is_empty());
+        for want in [
+            "shimmer_requests_total",
+            "shimmer_request_duration_seconds",
+            "shimmer_sent_bytes_total",
+            "shimmer_origin_requests_total",
+            "shimmer_origin_response_seconds",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
     }
 }

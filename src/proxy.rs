@@ -11,7 +11,9 @@ use http::header;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora_cache::eviction::EvictionManager;
-use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable,
+};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -133,21 +135,27 @@ impl ProxyHttp for Mirror {
             Some(parts.lock.as_ref()),
             Some(overrides),
         );
-        session
-            .cache
-            .set_max_file_size_bytes(usize::try_from(ctx.settings.max_object_bytes).unwrap_or(usize::MAX));
+        session.cache.set_max_file_size_bytes(
+            usize::try_from(ctx.settings.max_object_bytes).unwrap_or(usize::MAX),
+        );
         Ok(())
     }
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let media = ctx
-            .media
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a media request"))?;
+        let media = ctx.media.as_ref().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "cache key without a media request",
+            )
+        })?;
         Ok(CacheKey::new(media.cache_key(), ""))
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let s = &ctx.settings;
         let origin = s
             .origins
@@ -170,10 +178,12 @@ impl ProxyHttp for Mirror {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let media = ctx
-            .media
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream request without a media request"))?;
+        let media = ctx.media.as_ref().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "upstream request without a media request",
+            )
+        })?;
         let uri = media
             .origin_path()
             .parse::<http::Uri>()
@@ -215,10 +225,19 @@ impl ProxyHttp for Mirror {
                 ErrorType::HTTPStatus(502),
                 format!("origin answered {status}"),
             );
-            e.set_retry(ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none());
+            e.set_retry(
+                ctx.origin_tries < ctx.settings.origins.len()
+                    && session.response_written().is_none(),
+            );
             return Err(e);
         }
-        for h in [header::SET_COOKIE, header::CACHE_CONTROL, header::EXPIRES, header::PRAGMA, header::VARY] {
+        for h in [
+            header::SET_COOKIE,
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::PRAGMA,
+            header::VARY,
+        ] {
             resp.remove_header(&h);
         }
         if status == 200 {
@@ -244,7 +263,13 @@ impl ProxyHttp for Mirror {
             404 if !ctx.settings.not_found_ttl.is_zero() => ctx.settings.not_found_ttl,
             _ => return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)),
         };
-        Ok(RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, 0, 0, resp.clone())))
+        Ok(RespCacheable::Cacheable(CacheMeta::new(
+            now + ttl,
+            now,
+            0,
+            0,
+            resp.clone(),
+        )))
     }
 
     async fn response_filter(
@@ -274,7 +299,9 @@ impl ProxyHttp for Mirror {
         mut e: Box<Error>,
     ) -> Box<Error> {
         observe_origin(ctx, origin_error_result(&e));
-        e.set_retry(ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none());
+        e.set_retry(
+            ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none(),
+        );
         e
     }
 
@@ -293,32 +320,64 @@ impl ProxyHttp for Mirror {
             }
             // Fail over only while nothing has reached the client: after that a retry
             // would splice two responses together.
-            e.set_retry(ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none());
+            e.set_retry(
+                ctx.origin_tries < ctx.settings.origins.len()
+                    && session.response_written().is_none(),
+            );
         }
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         ctx.outcome = Outcome::Error;
         let reject = match (e.esource(), e.etype()) {
-            (_, ErrorType::HTTPStatus(502)) => Reject { status: 502, reason: "origin failed" },
+            (_, ErrorType::HTTPStatus(502)) => Reject {
+                status: 502,
+                reason: "origin failed",
+            },
             (
                 ErrorSource::Upstream,
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-            ) => Reject { status: 504, reason: "origin timed out" },
-            (ErrorSource::Upstream, _) => Reject { status: 502, reason: "origin unreachable" },
-            (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => {
-                return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            ) => Reject {
+                status: 504,
+                reason: "origin timed out",
+            },
+            (ErrorSource::Upstream, _) => Reject {
+                status: 502,
+                reason: "origin unreachable",
+            },
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
             }
-            (ErrorSource::Downstream, _) => Reject { status: 400, reason: "bad request" },
-            _ => Reject { status: 500, reason: "internal error" },
+            (ErrorSource::Downstream, _) => Reject {
+                status: 400,
+                reason: "bad request",
+            },
+            _ => Reject {
+                status: 500,
+                reason: "internal error",
+            },
         };
         if session.response_written().is_none() {
             if let Err(err) = respond_text(session, &ctx.settings, reject).await {
                 tracing::debug!("could not send the error response: {err}");
             }
         }
-        FailToProxy { error_code: reject.status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: reject.status,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -330,12 +389,19 @@ impl ProxyHttp for Mirror {
             Outcome::Served if status == 404 => "not_found",
             Outcome::Served if status >= 500 => "error",
             Outcome::Served => match session.cache.phase() {
-                CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "hit",
-                CachePhase::Miss | CachePhase::Expired | CachePhase::Stale | CachePhase::StaleUpdating => "miss",
+                CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+                    "hit"
+                }
+                CachePhase::Miss
+                | CachePhase::Expired
+                | CachePhase::Stale
+                | CachePhase::StaleUpdating => "miss",
                 _ => "pass",
             },
         };
-        metrics::REQUESTS.with_label_values(&[ctx.silo_label(), outcome]).inc();
+        metrics::REQUESTS
+            .with_label_values(&[ctx.silo_label(), outcome])
+            .inc();
         metrics::REQUEST_SECONDS
             .with_label_values(&[outcome])
             .observe(ctx.started.elapsed().as_secs_f64());
@@ -368,8 +434,12 @@ fn cache_status(phase: CachePhase) -> &'static str {
 
 fn origin_error_result(e: &Error) -> &'static str {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
-        ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => "connect_error",
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            "timeout"
+        }
+        ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => {
+            "connect_error"
+        }
         _ => "error",
     }
 }
@@ -415,7 +485,13 @@ mod tests {
 
     #[test]
     fn hop_marker_is_appended_as_a_query_parameter() {
-        assert_eq!(with_hop_marker("http://b/_images/x/y.jpg", "a"), "http://b/_images/x/y.jpg?shimmer_hop=a");
-        assert_eq!(with_hop_marker("http://b/y?z=1", "a"), "http://b/y?z=1&shimmer_hop=a");
+        assert_eq!(
+            with_hop_marker("http://b/_images/x/y.jpg", "a"),
+            "http://b/_images/x/y.jpg?shimmer_hop=a"
+        );
+        assert_eq!(
+            with_hop_marker("http://b/y?z=1", "a"),
+            "http://b/y?z=1&shimmer_hop=a"
+        );
     }
 }

@@ -60,13 +60,19 @@ pub fn parse(
     let after_slash = path
         .strip_prefix('/')
         .ok_or(reject(400, "path must start with /"))?;
-    let (silo_text, tail) = after_slash
-        .split_once('/')
-        .ok_or(reject(404, "not a media path: expected /_images/<hash>/<name>"))?;
+    let (silo_text, tail) = after_slash.split_once('/').ok_or(reject(
+        404,
+        "not a media path: expected /_images/<hash>/<name>",
+    ))?;
     let silo = Silo::from_path_segment(silo_text)
         .ok_or(reject(404, "unknown silo: expected _images or _thumbs"))?;
-    let hash = tail.get(..32).ok_or(reject(400, "hash must be 32 hex digits"))?;
-    if let Some(b) = hash.bytes().find(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    let hash = tail
+        .get(..32)
+        .ok_or(reject(400, "hash must be 32 hex digits"))?;
+    if let Some(b) = hash
+        .bytes()
+        .find(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err(if b.is_ascii_hexdigit() {
             reject(400, "hash must be lowercase hex")
         } else {
@@ -165,7 +171,10 @@ mod tests {
 
     #[test]
     fn thumbs_and_bare_hash_and_extension_forms_parse() {
-        assert_eq!(get(&format!("/_thumbs/{H}/thumb.jpg")).unwrap().silo, Silo::Thumbs);
+        assert_eq!(
+            get(&format!("/_thumbs/{H}/thumb.jpg")).unwrap().silo,
+            Silo::Thumbs
+        );
         assert_eq!(get(&format!("/_images/{H}")).unwrap().rest, "");
         assert_eq!(get(&format!("/_images/{H}.png")).unwrap().rest, ".png");
     }

@@ -29,7 +29,10 @@ impl CacheParts {
         // for the lock again; a slow origin streaming a big video must not trip it.
         let lock_age = settings.lock_timeout.max(Duration::from_secs(1)) * 6;
         Box::leak(Box::new(CacheParts {
-            memory: MemoryStorage::new(usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX)),
+            memory: MemoryStorage::with_max_object_bytes(
+                usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX),
+                usize::try_from(settings.max_object_bytes).unwrap_or(usize::MAX),
+            ),
             lock: CacheLock::new_boxed(lock_age),
             predictor: Predictor::new(4096, None),
         }))

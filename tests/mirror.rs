@@ -84,7 +84,10 @@ async fn owner_serves_exact_bytes_image_and_video() {
         assert_eq!(header(&h, "x-cache"), "MISS");
         assert_eq!(sha256(&body), sha256(bytes), "miss body differs for {hash}");
         assert_eq!(header(&h, "etag"), format!("\"{hash}\""));
-        assert_eq!(header(&h, "cache-control"), "public, max-age=31536000, immutable");
+        assert_eq!(
+            header(&h, "cache-control"),
+            "public, max-age=31536000, immutable"
+        );
         assert_eq!(header(&h, "x-shimmer-node"), "a");
         assert_eq!(header(&h, "content-type"), "image/jpeg");
         // The name does not matter: content is addressed by the hash.
@@ -184,15 +187,26 @@ async fn non_owner_redirects_to_the_primary_which_then_hits() {
         assert_eq!(st, 307);
         assert!(body.is_empty());
         let location = header(&h, "location").to_owned();
-        assert_eq!(location, format!("{}?shimmer_hop={stranger_name}", owner.url(&path)));
+        assert_eq!(
+            location,
+            format!("{}?shimmer_hop={stranger_name}", owner.url(&path))
+        );
         assert_eq!(header(&h, "cache-control"), "no-store");
-        assert_eq!(f.origin.requests().await, before, "a redirect touched the origin");
+        assert_eq!(
+            f.origin.requests().await,
+            before,
+            "a redirect touched the origin"
+        );
 
         let (st, h, _) = get(&c, &location, &[]).await;
         assert_eq!((st, header(&h, "x-cache")), (StatusCode::OK, "MISS"));
         let (st, h, _) = get(&c, &owner.url(&path), &[]).await;
         assert_eq!((st, header(&h, "x-cache")), (StatusCode::OK, "HIT"));
-        assert_eq!(f.origin.requests().await, before + 1, "the hit went to the origin");
+        assert_eq!(
+            f.origin.requests().await,
+            before + 1,
+            "the hit went to the origin"
+        );
     }
 }
 
@@ -299,7 +313,10 @@ async fn range_conditional_and_head_on_miss_and_hit() {
         assert_eq!(st, 206, "{phase} multi range");
         assert!(header(&h, "content-type").starts_with("multipart/byteranges; boundary="));
         let text = String::from_utf8_lossy(&body);
-        assert!(text.contains("Content-Range: bytes 0-9/10000"), "{phase}: {text:.300}");
+        assert!(
+            text.contains("Content-Range: bytes 0-9/10000"),
+            "{phase}: {text:.300}"
+        );
         assert!(text.contains("Content-Range: bytes 20-29/10000"));
 
         let (hash, w) = fresh(warm);
@@ -318,12 +335,17 @@ async fn range_conditional_and_head_on_miss_and_hit() {
 
         let (hash, w) = fresh(warm);
         let url = prepare(hash, w).await;
-        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
         let (st, _, _) = get(&c, &url, &[("if-modified-since", &future)]).await;
         assert_eq!(st, 304, "{phase} if-modified-since");
         let past = "Mon, 01 Jan 2001 00:00:00 GMT";
         let (st, _, body) = get(&c, &url, &[("if-modified-since", past)]).await;
-        assert_eq!((st, body.len()), (StatusCode::OK, 10_000), "{phase} modified since 2001");
+        assert_eq!(
+            (st, body.len()),
+            (StatusCode::OK, 10_000),
+            "{phase} modified since 2001"
+        );
 
         let (hash, w) = fresh(warm);
         let url = prepare(hash, w).await;
@@ -346,7 +368,11 @@ async fn origin_404_is_a_404_remembered_briefly() {
     assert_eq!(header(&h, "cache-control"), "public, max-age=60");
     let (st, _, _) = get(&c, &url, &[]).await;
     assert_eq!(st, 404);
-    assert_eq!(s.origin.requests().await, 1, "the second 404 went to the origin");
+    assert_eq!(
+        s.origin.requests().await,
+        1,
+        "the second 404 went to the origin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

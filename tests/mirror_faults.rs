@@ -39,7 +39,8 @@ fn start_mirror(work: &TempDir, origins: Vec<String>, extra_origin: &str) -> Mir
 /// was closed without one).
 fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     // The server may answer and close before it read everything we send.
     let _ = s.write_all(request);
     let mut buf = Vec::new();
@@ -94,7 +95,10 @@ async fn malformed_requests_get_4xx_and_the_mirror_keeps_serving() {
         ("PURGE".into(), with("PURGE").into_bytes()),
         ("garbage request line".into(), b"HELLO THERE\r\n\r\n".to_vec()),
         ("bad HTTP version".into(), format!("GET /_images/{good}/x HTTP/9.9\r\nHost: x\r\n\r\n").into_bytes()),
-        ("space in path".into(), format!("GET /_images/{good}/a b HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()),
+        // (A raw space in the path is not here: Pingora percent-encodes it, as nginx
+        // accepts it, and the request is then well-formed.)
+        ("conflicting content-lengths".into(), format!("GET /_images/{good}/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab").into_bytes()),
+        ("CONNECT".into(), b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n".to_vec()),
         ("absolute-form to another host".into(), get(&format!("http://evil.example/_images/{upper}/x")).into_bytes()),
         ("relative path".into(), get(&format!("_images/{good}/x")).into_bytes()),
         ("header without colon".into(), format!("GET /_images/{good}/x HTTP/1.1\r\nHost x\r\n\r\n").into_bytes()),
@@ -108,7 +112,11 @@ async fn malformed_requests_get_4xx_and_the_mirror_keeps_serving() {
         );
     }
     let mut m = mirror;
-    assert!(m.proc.is_running(), "the mirror died:\n{}", m.proc.log_text());
+    assert!(
+        m.proc.is_running(),
+        "the mirror died:\n{}",
+        m.proc.log_text()
+    );
     let (st, body) = {
         let r = client()
             .get(m.url(&format!("/_images/{good}/x.jpg")))
@@ -118,7 +126,10 @@ async fn malformed_requests_get_4xx_and_the_mirror_keeps_serving() {
         (r.status(), r.bytes().await.expect("body"))
     };
     assert_eq!((st, body.len()), (StatusCode::OK, 500));
-    assert!(!m.proc.log_text().contains("panicked"), "a panic was logged");
+    assert!(
+        !m.proc.log_text().contains("panicked"),
+        "a panic was logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,11 +161,15 @@ async fn origin_down_is_502_uncached_and_recovers() {
 
 /// A fake origin that answers every request with `response` (or never, when None).
 async fn fake_origin(response: Option<&'static str>) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
@@ -207,11 +222,18 @@ async fn failover_to_the_next_origin_on_refusal_5xx_and_timeout() {
     let refused = format!("http://127.0.0.1:{}", free_port());
     let failing = format!(
         "http://{}",
-        fake_origin(Some("HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await
+        fake_origin(Some(
+            "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+        .await
     );
     let silent = format!("http://{}", fake_origin(None).await);
     for bad in [refused, failing, silent] {
-        let mirror = start_mirror(&work, vec![bad.clone(), format!("http://{}", good.addr)], "");
+        let mirror = start_mirror(
+            &work,
+            vec![bad.clone(), format!("http://{}", good.addr)],
+            "",
+        );
         let r = client()
             .get(mirror.url(&format!("/_images/{hash}/x.jpg")))
             .send()
@@ -224,7 +246,9 @@ async fn failover_to_the_next_origin_on_refusal_5xx_and_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_host_header_reaches_the_origin() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     let seen = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.expect("accept");
@@ -236,7 +260,11 @@ async fn configured_host_header_reaches_the_origin() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     });
     let work = tempfile::tempdir().expect("tempdir");
-    let mirror = start_mirror(&work, vec![format!("http://{addr}")], "    host: shimmie.internal\n");
+    let mirror = start_mirror(
+        &work,
+        vec![format!("http://{addr}")],
+        "    host: shimmie.internal\n",
+    );
     let hash = test_hash(6);
     let r = client()
         .get(mirror.url(&format!("/_images/{hash}/1%20-%20a.jpg?q=1")))
@@ -245,8 +273,20 @@ async fn configured_host_header_reaches_the_origin() {
         .await
         .expect("request");
     assert_eq!(r.status(), 404);
-    let request = seen.await.expect("origin saw a request").to_ascii_lowercase();
-    assert!(request.starts_with(&format!("get /_images/{hash}/1%20-%20a.jpg http/1.1\r\n")), "{request}");
-    assert!(request.contains("\r\nhost: shimmie.internal\r\n"), "{request}");
-    assert!(!request.contains("secret"), "the visitor's cookie reached the origin");
+    let request = seen
+        .await
+        .expect("origin saw a request")
+        .to_ascii_lowercase();
+    assert!(
+        request.starts_with(&format!("get /_images/{hash}/1%20-%20a.jpg http/1.1\r\n")),
+        "{request}"
+    );
+    assert!(
+        request.contains("\r\nhost: shimmie.internal\r\n"),
+        "{request}"
+    );
+    assert!(
+        !request.contains("secret"),
+        "the visitor's cookie reached the origin"
+    );
 }

@@ -22,7 +22,9 @@ fn broken(from: &str, to: &str) -> String {
 }
 
 fn error_of(text: &str) -> String {
-    parse_str(text).expect_err("config should be refused").to_string()
+    parse_str(text)
+        .expect_err("config should be refused")
+        .to_string()
 }
 
 #[test]
@@ -141,7 +143,10 @@ fn unavailable_mode_and_source_are_refused_clearly() {
     assert!(e.contains("shimmer.mode"), "{e}");
     let e = error_of(&broken("  node: a", "  node: a\n  mode: teleport"));
     assert!(e.contains("teleport"), "{e}");
-    let e = error_of(&broken("  node: a", "  node: a\n  source: \"postgres://db\""));
+    let e = error_of(&broken(
+        "  node: a",
+        "  node: a\n  source: \"postgres://db\"",
+    ));
     assert!(e.contains("shimmer.source"), "{e}");
 }
 
@@ -167,9 +172,15 @@ fn byte_sizes_parse() {
 
 #[test]
 fn durations_parse() {
-    assert_eq!(Seconds::parse("500ms").unwrap().0, Duration::from_millis(500));
+    assert_eq!(
+        Seconds::parse("500ms").unwrap().0,
+        Duration::from_millis(500)
+    );
     assert_eq!(Seconds::parse("2s").unwrap().0, Duration::from_secs(2));
-    assert_eq!(Seconds::parse("1.5").unwrap().0, Duration::from_millis(1500));
+    assert_eq!(
+        Seconds::parse("1.5").unwrap().0,
+        Duration::from_millis(1500)
+    );
     assert_eq!(Seconds::parse("5m").unwrap().0, Duration::from_secs(300));
     assert_eq!(Seconds::parse("1h").unwrap().0, Duration::from_secs(3600));
     assert!(Seconds::parse("1d").is_err());

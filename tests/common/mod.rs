@@ -15,10 +15,18 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// Waits until something accepts on `addr`, or panics with the process's log.
-pub fn wait_for_port(addr: SocketAddr, what: &str, log: &Path) {
+/// Waits until something accepts on `addr`, or panics with the process's log (at once
+/// when the process has exited).
+pub fn wait_for_port(proc: &mut Proc, addr: SocketAddr, what: &str) {
+    let log = proc.log.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
+        if !proc.is_running() {
+            panic!(
+                "{what} exited before listening on {addr}; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return;
         }
@@ -92,11 +100,17 @@ impl Origin {
     pub fn start_on(dir: &Path, work: &Path, port: u16) -> Origin {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = work.join(format!("origin-{port}.log"));
-        let proc = Proc::spawn(
-            &["origin", "--dir", path_str(dir), "--listen", &addr.to_string()],
-            log.clone(),
+        let mut proc = Proc::spawn(
+            &[
+                "origin",
+                "--dir",
+                path_str(dir),
+                "--listen",
+                &addr.to_string(),
+            ],
+            log,
         );
-        wait_for_port(addr, "origin", &log);
+        wait_for_port(&mut proc, addr, "origin");
         Origin { proc, addr }
     }
 
@@ -159,7 +173,6 @@ shimmer:
 {extra_origin}
   cache:
     memory_bytes: 256M
-    max_object_bytes: 128M
     lock_timeout: 20s
 {extra_cache}
   log_level: info
@@ -180,8 +193,8 @@ impl Mirror {
         std::fs::write(&conf, mirror_yaml(work, spec)).expect("write config");
         let addr: SocketAddr = format!("127.0.0.1:{}", spec.port).parse().expect("addr");
         let log = work.join(format!("mirror-{}.log", spec.port));
-        let proc = Proc::spawn(&["-c", path_str(&conf)], log.clone());
-        wait_for_port(addr, "mirror", &log);
+        let mut proc = Proc::spawn(&["-c", path_str(&conf)], log);
+        wait_for_port(&mut proc, addr, "mirror");
         Mirror { proc, addr, conf }
     }
 

@@ -1,0 +1,557 @@
+//! The memory tier: a byte-bounded, scan-resistant pingora-cache [`Storage`].
+//!
+//! pingora-cache's `MemCache` is unbounded and test-only, so this is our own.
+//!
+//! - **Completed objects** live in a [`TinyUfo`] (TinyLFU admission + S3-FIFO eviction), so
+//!   a crawl of one-hit images cannot flush the hot set. TinyUFO is the eviction policy: use
+//!   this storage with no pingora `EvictionManager` (pass `None` to `HttpCache::enable`).
+//! - **Objects being fetched** live in a separate in-progress map (see `fill`), visible to
+//!   `lookup` so that readers released by the cache lock stream the body while it arrives.
+//!   A fill that dies before `finish()` makes its readers fail, never end cleanly (#932).
+//!
+//! Byte accounting: every resident object is charged `body + serialized meta +
+//! ENTRY_OVERHEAD` bytes. Our own ledger (behind one mutex that also serializes every TinyUFO
+//! `put`) records each resident entry and is updated from what `put` returns, so
+//! `stats().bytes` is exactly the sum of what is resident and never exceeds the budget.
+//! Fills in progress are not charged to the budget (they are reported as `fill_bytes`);
+//! bound them with `HttpCache::set_max_file_size_bytes`.
+//!
+//! The budget is fixed at construction: TinyUFO's weight limit cannot be changed after it is
+//! built, so a new budget needs a new `MemoryStorage` (i.e. a restart or graceful upgrade).
+
+mod fill;
+mod hit;
+#[cfg(test)]
+mod tests;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::storage::streaming_write::U64WriteId;
+use pingora_cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
+use pingora_error::{Error, ErrorType, Result};
+use tinyufo::TinyUfo;
+
+use fill::{Fill, MemoryMissHandler};
+use hit::CompleteHit;
+
+/// Bytes charged per object on top of body and metadata: a fixed estimate of our
+/// bookkeeping (ledger entry, TinyUFO bucket and queue slot, `Arc`s, key).
+const ENTRY_OVERHEAD: usize = 128;
+/// Largest object admitted by default. TinyUFO weights are `u16`, so the byte-to-weight unit
+/// is `max_object / 65535`; a smaller max object means finer accounting for small images.
+pub const DEFAULT_MAX_OBJECT_BYTES: usize = 64 << 20;
+/// By default one object may take at most this fraction (1/N) of the budget.
+const MAX_OBJECT_FRACTION: usize = 8;
+/// Typical object size, used only to size TinyUFO's tables and frequency sketch.
+const ESTIMATED_OBJECT_BYTES: usize = 16 << 10;
+
+/// What went wrong inside the memory tier; surfaced to pingora as an `InternalError`.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The writer of an in-progress object went away before `finish()`.
+    #[error("the fill of this object was abandoned before it completed")]
+    FillAborted,
+    /// A seek started at or past the end of the body.
+    #[error("seek to byte {start} is past the end of a {len}-byte body")]
+    SeekPastEnd { start: usize, len: usize },
+    /// A seek range ends before it starts.
+    #[error("seek range {start}..{end} ends before it starts")]
+    BadRange { start: usize, end: usize },
+    /// The body does not have the length the response header promised.
+    #[error("body is {written} bytes but Content-Length says {expected}")]
+    LengthMismatch { written: usize, expected: usize },
+    /// Body bytes arrived after the writer said the body had ended.
+    #[error("body data written after end of stream")]
+    WriteAfterEnd,
+}
+
+impl MemoryError {
+    fn into_pingora(self) -> Box<Error> {
+        Error::because(ErrorType::InternalError, "memory cache", self)
+    }
+}
+
+/// Counters for Prometheus. `evictions`, `evicted_bytes` and `rejected` are cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// The byte budget for completed objects.
+    pub budget: usize,
+    /// Bytes charged for resident completed objects (always `<= budget`).
+    pub bytes: usize,
+    /// Resident completed objects.
+    pub objects: usize,
+    /// Objects evicted to make room (not counting purges or replacements).
+    pub evictions: u64,
+    /// Bytes charged for the evicted objects.
+    pub evicted_bytes: u64,
+    /// Completed objects not admitted: too large, or lost TinyLFU's admission contest.
+    pub rejected: u64,
+    /// Fills in progress.
+    pub fills: usize,
+    /// Body bytes held by fills in progress (and their readers), outside the budget.
+    pub fill_bytes: usize,
+}
+
+/// One TinyUFO value: a completed object, or a tombstone left by a purge.
+pub(crate) struct Slot {
+    key: HashBinary,
+    id: u64,
+    charged: usize,
+    object: Option<Object>,
+}
+
+/// A completed object. The meta is kept serialized: that is what we charge for, and it is
+/// the same form the disk tier stores.
+pub(crate) struct Object {
+    meta: Arc<SerializedMeta>,
+    body: Bytes,
+}
+
+pub(crate) struct SerializedMeta {
+    internal: Vec<u8>,
+    header: Vec<u8>,
+}
+
+impl SerializedMeta {
+    fn from_meta(meta: &CacheMeta) -> Result<Self> {
+        let (internal, header) = meta.serialize()?;
+        Ok(Self { internal, header })
+    }
+
+    fn to_meta(&self) -> Result<CacheMeta> {
+        CacheMeta::deserialize(&self.internal, &self.header)
+    }
+
+    fn len(&self) -> usize {
+        self.internal.len() + self.header.len()
+    }
+}
+
+/// The bytes charged against the budget for one object.
+fn charge(body_len: usize, meta: &SerializedMeta) -> usize {
+    body_len
+        .saturating_add(meta.len())
+        .saturating_add(ENTRY_OVERHEAD)
+}
+
+/// What the ledger knows about one TinyUFO entry.
+#[derive(Clone, Copy)]
+struct Resident {
+    id: u64,
+    charged: usize,
+    live: bool,
+}
+
+/// Exact mirror of TinyUFO's contents, kept under one mutex with every `put`.
+#[derive(Default)]
+struct Ledger {
+    resident: HashMap<HashBinary, Resident>,
+    bytes: usize,
+    objects: usize,
+    evictions: u64,
+    evicted_bytes: u64,
+    rejected: u64,
+}
+
+impl Ledger {
+    fn add(&mut self, key: HashBinary, r: Resident) {
+        self.bytes += r.charged;
+        self.objects += usize::from(r.live);
+        self.resident.insert(key, r);
+    }
+
+    /// Drop `key` from the ledger if it still records entry `id`.
+    fn take(&mut self, key: &HashBinary, id: u64) -> Option<Resident> {
+        let r = *self.resident.get(key).filter(|r| r.id == id)?;
+        self.resident.remove(key);
+        self.bytes -= r.charged;
+        self.objects -= usize::from(r.live);
+        Some(r)
+    }
+}
+
+/// The production memory tier. Build it once and leak it (or keep it in a static): pingora
+/// wants `&'static dyn Storage`.
+pub struct MemoryStorage {
+    objects: TinyUfo<HashBinary, Arc<Slot>>,
+    ledger: Mutex<Ledger>,
+    /// In-progress writes by key; usually one per key, more if writers raced past the lock.
+    fills: RwLock<HashMap<HashBinary, Vec<Arc<Fill>>>>,
+    next_id: AtomicU64,
+    fill_bytes: AtomicUsize,
+    budget: usize,
+    max_object: usize,
+    /// Bytes per TinyUFO weight unit.
+    unit: usize,
+    /// The budget in weight units, as TinyUFO enforces it.
+    limit_units: usize,
+}
+
+impl MemoryStorage {
+    /// A memory tier of `budget_bytes`, admitting objects up to `budget / 8` (at most
+    /// [`DEFAULT_MAX_OBJECT_BYTES`]).
+    pub fn new(budget_bytes: usize) -> Self {
+        let max_object = (budget_bytes / MAX_OBJECT_FRACTION).min(DEFAULT_MAX_OBJECT_BYTES);
+        Self::with_max_object_bytes(budget_bytes, max_object)
+    }
+
+    /// A memory tier of `budget_bytes` admitting objects whose charge (body + meta +
+    /// overhead) is at most `max_object_bytes` (clamped to the budget).
+    pub fn with_max_object_bytes(budget_bytes: usize, max_object_bytes: usize) -> Self {
+        let max_object = max_object_bytes.min(budget_bytes);
+        // Round up so that no admissible object needs more than u16::MAX units.
+        let unit = max_object.div_ceil(usize::from(u16::MAX)).max(1);
+        // Floor: TinyUFO keeping units <= limit_units then keeps bytes <= budget.
+        let limit_units = budget_bytes / unit;
+        let estimated = (budget_bytes / ESTIMATED_OBJECT_BYTES).clamp(256, 4 << 20);
+        Self {
+            objects: TinyUfo::new(limit_units, estimated),
+            ledger: Mutex::new(Ledger::default()),
+            fills: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            fill_bytes: AtomicUsize::new(0),
+            budget: budget_bytes,
+            max_object,
+            unit,
+            limit_units,
+        }
+    }
+
+    /// The byte budget for completed objects.
+    pub fn budget_bytes(&self) -> usize {
+        self.budget
+    }
+
+    /// The largest charge (body + meta + overhead) an object may have to be admitted.
+    pub fn max_object_bytes(&self) -> usize {
+        self.max_object
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> MemoryStats {
+        let (fills, fill_bytes) = {
+            let fills = self.fills.read();
+            (
+                fills.values().map(Vec::len).sum(),
+                self.fill_bytes.load(Ordering::Relaxed),
+            )
+        };
+        let ledger = self.ledger.lock();
+        MemoryStats {
+            budget: self.budget,
+            bytes: ledger.bytes,
+            objects: ledger.objects,
+            evictions: ledger.evictions,
+            evicted_bytes: ledger.evicted_bytes,
+            rejected: ledger.rejected,
+            fills,
+            fill_bytes,
+        }
+    }
+
+    /// Remove the object for `key` (a [`CacheKey`] or
+    /// [`CompactCacheKey`](pingora_cache::key::CompactCacheKey)), and keep any fill in
+    /// progress for it from being stored or served to new readers. Used for bans.
+    /// Returns whether anything was found. Only the entry with exactly this key's variance
+    /// is removed (shimmer keys have none).
+    pub fn remove<K: CacheHashKey + ?Sized>(&self, key: &K) -> bool {
+        self.remove_hash(&key.combined_bin())
+    }
+
+    /// [`Self::remove`] by the key's combined hash (equal to the primary hash when, as in
+    /// shimmer, there is no Vary variance).
+    pub fn remove_hash(&self, hash: &HashBinary) -> bool {
+        let mut ledger = self.ledger.lock();
+        let mut found = false;
+        if let Some(fills) = self.fills.read().get(hash) {
+            for fill in fills {
+                // Checked by `commit` under the ledger lock, so a fill that started before a
+                // ban can never store the banned object afterwards.
+                found |= !fill.purged.swap(true, Ordering::AcqRel);
+            }
+        }
+        found | self.tombstone(&mut ledger, hash)
+    }
+
+    /// Replace the resident object for `hash` with a tombstone; returns whether there was one.
+    /// Not `TinyUfo::remove`: in TinyUFO 0.9.1 it leaves the key in its FIFO queue, and a
+    /// later re-insert of that key can subtract its weight twice (an overflow panic in debug
+    /// builds, a full flush in release; see the purge-then-refill test). A tombstone `put`
+    /// replaces the entry in place and is evicted like any other entry.
+    fn tombstone(&self, ledger: &mut Ledger, hash: &HashBinary) -> bool {
+        if !ledger.resident.get(hash).is_some_and(|r| r.live) {
+            return false;
+        }
+        let tombstone = Slot {
+            key: *hash,
+            id: self.next_id(),
+            charged: 0,
+            object: None,
+        };
+        self.store(ledger, tombstone);
+        true
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// TinyUFO weight for a charge, or `None` if it must not be admitted.
+    fn units(&self, charged: usize) -> Option<u16> {
+        let units = charged.div_ceil(self.unit).max(1);
+        if charged > self.max_object || units > self.limit_units {
+            return None;
+        }
+        u16::try_from(units).ok()
+    }
+
+    /// Put `slot` into TinyUFO and bring the ledger in line with what TinyUFO did.
+    /// The caller holds the ledger lock, which serializes all puts. Returns whether `slot`
+    /// is resident afterwards.
+    fn store(&self, ledger: &mut Ledger, slot: Slot) -> bool {
+        let Some(units) = self.units(slot.charged) else {
+            ledger.rejected += u64::from(slot.object.is_some());
+            return false;
+        };
+        let (key, id) = (slot.key, slot.id);
+        // TinyUFO replaces an existing entry for the key in place and drops the old value
+        // without returning it, so forget the old one now.
+        if let Some(old) = ledger.resident.get(&key).copied() {
+            ledger.take(&key, old.id);
+        }
+        let live = slot.object.is_some();
+        ledger.add(
+            key,
+            Resident {
+                id,
+                charged: slot.charged,
+                live,
+            },
+        );
+        // Everything TinyUFO let go of comes back here: evicted entries, or the new one
+        // itself if TinyLFU judged it less popular than its victim.
+        for kv in self.objects.put(key, Arc::new(slot), units) {
+            let gone = kv.data;
+            let Some(r) = ledger.take(&gone.key, gone.id) else {
+                continue; // only a 64-bit hash collision in TinyUFO gets here
+            };
+            if gone.id == id {
+                ledger.rejected += u64::from(live);
+            } else if r.live {
+                ledger.evictions += 1;
+                ledger.evicted_bytes += r.charged as u64;
+            }
+        }
+        debug_assert!(ledger.bytes <= self.budget);
+        ledger.resident.get(&key).is_some_and(|r| r.id == id)
+    }
+
+    /// Store a finished fill. Returns the bytes charged if it was admitted.
+    fn commit(&self, fill: &Fill, body: Bytes) -> Option<usize> {
+        let charged = charge(body.len(), &fill.meta);
+        let slot = Slot {
+            key: fill.key,
+            id: self.next_id(),
+            charged,
+            object: Some(Object {
+                meta: fill.meta.clone(),
+                body,
+            }),
+        };
+        let mut ledger = self.ledger.lock();
+        if fill.purged.load(Ordering::Acquire) {
+            return None;
+        }
+        self.store(&mut ledger, slot).then_some(charged)
+    }
+
+    /// Replace the meta of a resident object, keeping its body. Caller holds the ledger.
+    fn replace_meta(&self, ledger: &mut Ledger, hash: &HashBinary, meta: SerializedMeta) -> bool {
+        let Some(body) = self
+            .live_slot(hash)
+            .and_then(|s| Some(s.object.as_ref()?.body.clone()))
+        else {
+            return false;
+        };
+        let meta = Arc::new(meta);
+        let slot = Slot {
+            key: *hash,
+            id: self.next_id(),
+            charged: charge(body.len(), &meta),
+            object: Some(Object { meta, body }),
+        };
+        self.store(ledger, slot)
+    }
+
+    /// The resident completed object for `hash`, if any (counts as an access in TinyUFO).
+    fn live_slot(&self, hash: &HashBinary) -> Option<Arc<Slot>> {
+        self.objects
+            .get(hash)
+            .filter(|s| s.key == *hash && s.object.is_some())
+    }
+
+    /// The newest fill for `hash` that a new reader may attach to.
+    fn active_fill(&self, hash: &HashBinary) -> Option<Arc<Fill>> {
+        let fills = self.fills.read();
+        fills
+            .get(hash)?
+            .iter()
+            .filter(|f| f.is_attachable())
+            .max_by_key(|f| f.id)
+            .cloned()
+    }
+
+    fn forget_fill(&self, fill: &Fill) {
+        let mut fills = self.fills.write();
+        if let Some(list) = fills.get_mut(&fill.key) {
+            list.retain(|f| f.id != fill.id);
+            if list.is_empty() {
+                fills.remove(&fill.key);
+            }
+        }
+    }
+
+    fn purge_target(&self, target: PurgeTarget<'_>) -> PurgeOutcome {
+        // We assign no entry ids, so an identified entry cannot be ours.
+        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
+            return PurgeOutcome::NotFound;
+        }
+        if self.remove(target.key()) {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let hash = key.combined_bin();
+        // Prefer a fill in progress: during a refresh it is newer than the stored object.
+        if let Some(fill) = self.active_fill(&hash) {
+            return fill.hit().map(Some);
+        }
+        let Some(slot) = self.live_slot(&hash) else {
+            return Ok(None);
+        };
+        let Some(object) = slot.object.as_ref() else {
+            return Ok(None);
+        };
+        let meta = object.meta.to_meta()?;
+        let hit = CompleteHit::new(object.body.clone(), slot.charged);
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(tag) = streaming_write_tag else {
+            return self.lookup(key, trace).await;
+        };
+        // A tag we did not issue matches no write of ours.
+        let Ok(id) = U64WriteId::try_from(tag).map(u64::from) else {
+            return Ok(None);
+        };
+        let hash = key.combined_bin();
+        // Purged fills stay findable by tag: their own writer still streams its client.
+        let fill = self
+            .fills
+            .read()
+            .get(&hash)
+            .and_then(|list| list.iter().find(|f| f.id == id).cloned());
+        fill.map(|f| f.hit()).transpose()
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let hash = key.combined_bin();
+        let serialized = Arc::new(SerializedMeta::from_meta(meta)?);
+        let fill = Arc::new(Fill::new(self, hash, self.next_id(), serialized));
+        self.fills
+            .write()
+            .entry(hash)
+            .or_default()
+            .push(fill.clone());
+        Ok(Box::new(MemoryMissHandler::new(fill, meta)))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        Ok(self.purge_target(target))
+    }
+
+    async fn expire(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        let hash = target.key().combined_bin();
+        // Fills in progress are left alone: they carry a fresh response.
+        let mut ledger = self.ledger.lock();
+        let Some(object) = self.live_slot(&hash).and_then(|s| {
+            let o = s.object.as_ref()?;
+            Some(o.meta.clone())
+        }) else {
+            return Ok(PurgeOutcome::NotFound);
+        };
+        let mut meta = object.to_meta()?;
+        meta.expire_at(SystemTime::now());
+        let meta = SerializedMeta::from_meta(&meta)?;
+        if self.replace_meta(&mut ledger, &hash, meta) {
+            Ok(PurgeOutcome::Expired)
+        } else {
+            // Could not be stored stale (its meta grew past the max size): delete it instead,
+            // which the contract allows, so it is never served as fresh.
+            self.tombstone(&mut ledger, &hash);
+            Ok(PurgeOutcome::Purged(None))
+        }
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let meta = SerializedMeta::from_meta(meta)?;
+        let mut ledger = self.ledger.lock();
+        Ok(self.replace_meta(&mut ledger, &key.combined_bin(), meta))
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
