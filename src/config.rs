@@ -12,6 +12,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::fleet::{Algorithm, FleetSpec, FleetView};
 
+pub mod ops;
+
 /// Why a configuration was refused. The message names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +71,10 @@ pub struct RawShimmer {
     pub cache: RawCache,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub admin: ops::RawAdmin,
+    #[serde(default)]
+    pub tls: Option<ops::RawTls>,
     #[serde(default = "default_log_level")]
     pub log_level: String,
 }
@@ -177,6 +183,8 @@ pub struct Settings {
     pub cache_control: String,
     pub max_path_bytes: usize,
     pub log_level: String,
+    pub admin: ops::Admin,
+    pub tls: Option<ops::Tls>,
 }
 
 /// The whole file: Pingora's part and shimmer's part, both validated.
@@ -331,6 +339,13 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
         .map_err(|e| invalid("shimmer.http.cache_control", e.to_string()))?;
     tracing_subscriber::EnvFilter::try_new(&raw.log_level)
         .map_err(|e| invalid("shimmer.log_level", e.to_string()))?;
+    let admin = ops::admin(&raw.admin).map_err(|(key, m)| invalid(key, m))?;
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(ops::tls)
+        .transpose()
+        .map_err(|(key, m)| invalid(key, m))?;
     Ok(Settings {
         node,
         listen: raw.listen,
@@ -352,6 +367,8 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
         cache_control: raw.http.cache_control,
         max_path_bytes: raw.http.max_path_bytes,
         log_level: raw.log_level,
+        admin,
+        tls,
     })
 }
 

@@ -2,6 +2,7 @@
 //!
 //! The map of the house is DESIGN.md; each module's doc says what it owns.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod fleet;
@@ -13,3 +14,4 @@ pub mod proxy;
 pub mod reload;
 pub mod request;
 pub mod state;
+pub mod tls;

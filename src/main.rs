@@ -10,10 +10,12 @@ use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 
+use shimmer::admin::AdminApp;
 use shimmer::config::{self, Loaded};
 use shimmer::proxy::Mirror;
 use shimmer::reload::Reloader;
 use shimmer::state::{CacheParts, Shared};
+use shimmer::tls::CertStore;
 use shimmer::{metrics, origin, owners};
 
 /// The config `shimmer` runs on when no `-c` is given.
@@ -101,7 +103,14 @@ fn run(opt: Opt, loaded: Loaded, path: Option<PathBuf>) -> ExitCode {
     let cache = CacheParts::leak(&settings);
     let listen = settings.listen.clone();
     let node = settings.node.clone();
-    let shared = Shared::new(settings, fleet, cache);
+    let tls = settings.tls.clone();
+    let admin_listen = settings.admin.listen;
+    let certs = tls.as_ref().map(|t| CertStore::new(t.certs.clone()));
+    let shared = Shared::new(settings, fleet, cache, certs.clone());
+    {
+        let shared = shared.clone();
+        metrics::register_tiers(move || shared.tier_stats());
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -111,12 +120,39 @@ fn run(opt: Opt, loaded: Loaded, path: Option<PathBuf>) -> ExitCode {
     for addr in &listen {
         proxy.add_tcp(addr);
     }
+    if let (Some(tls), Some(certs)) = (&tls, &certs) {
+        for addr in &tls.listen {
+            let settings = match shimmer::tls::listener_settings(certs.clone(), tls.h2) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("shimmer: TLS listener {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            proxy.add_tls_with_settings(addr, None, settings);
+        }
+    }
     server.add_service(proxy);
+    if let Some(addr) = admin_listen {
+        let mut admin = pingora::services::listening::Service::new(
+            "shimmer admin".into(),
+            AdminApp {
+                shared: shared.clone(),
+            },
+        );
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     server.add_service(background_service(
         "reload on SIGHUP",
         Reloader { shared, path },
     ));
-    tracing::info!("shimmer node {node} listening on {}", listen.join(", "));
+    tracing::info!(
+        "shimmer node {node} listening on {}{}",
+        listen.join(", "),
+        tls.map(|t| format!(" and TLS on {}", t.listen.join(", ")))
+            .unwrap_or_default()
+    );
     server.run_forever()
 }
 

@@ -3,8 +3,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
-    IntCounter, IntCounterVec,
+    register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// Latency buckets from a memory hit (~100 µs) to a slow origin fetch of a video.
@@ -52,6 +52,41 @@ metric!(ORIGIN_SECONDS: HistogramVec = register_histogram_vec!(
     LATENCY_BUCKETS.to_vec()
 ));
 
+metric!(TLS_HANDSHAKES: IntCounterVec = register_int_counter_vec!(
+    "shimmer_tls_handshakes_total",
+    "TLS handshakes by stage: started, completed, cert_error (started minus completed failed).",
+    &["stage"]
+));
+
+metric!(RELOADS: IntCounterVec = register_int_counter_vec!(
+    "shimmer_config_reloads_total",
+    "Config reloads (SIGHUP) by result: ok or failed (the old config stayed).",
+    &["result"]
+));
+
+metric!(PURGES: IntCounterVec = register_int_counter_vec!(
+    "shimmer_purges_total",
+    "Hashes purged from the caches, by cause (admin, ban).",
+    &["cause"]
+));
+
+metric!(VIEW_VERSION: IntGauge = register_int_gauge!(
+    "shimmer_fleet_view_version",
+    "Version of the fleet view in force; increases with every swap."
+));
+
+metric!(NODE_WEIGHT: GaugeVec = register_gauge_vec!(
+    "shimmer_fleet_node_weight",
+    "Weight of each node in each silo's link template, as Shimmie parses it.",
+    &["silo", "node"]
+));
+
+metric!(EXPECTED_SHARE: GaugeVec = register_gauge_vec!(
+    "shimmer_fleet_expected_share",
+    "Share of each silo's images this node is primary for (0..1), by the current view.",
+    &["silo"]
+));
+
 /// Touches every metric so it is registered (and exported) before its first use.
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -59,6 +94,24 @@ pub fn init() {
     Lazy::force(&SENT_BYTES);
     Lazy::force(&ORIGIN_REQUESTS);
     Lazy::force(&ORIGIN_SECONDS);
+    Lazy::force(&TLS_HANDSHAKES);
+    Lazy::force(&RELOADS);
+    Lazy::force(&PURGES);
+    Lazy::force(&VIEW_VERSION);
+    Lazy::force(&NODE_WEIGHT);
+    Lazy::force(&EXPECTED_SHARE);
+}
+
+/// The Prometheus text exposition of everything registered.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed families; a failure would only
+    // truncate the scrape, which Prometheus reports.
+    if let Err(e) = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut out) {
+        tracing::error!("metrics encoding failed: {e}");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -90,5 +143,118 @@ mod tests {
                 "{want} missing from {names:?}"
             );
         }
+    }
+}
+
+/// One cache tier's numbers at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TierStats {
+    pub tier: &'static str,
+    pub bytes: u64,
+    pub objects: u64,
+    pub budget: u64,
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+}
+
+/// Exports the tiers' own counters at scrape time instead of mirroring them into
+/// separate metrics on every change.
+struct TierCollector {
+    read: Box<dyn Fn() -> Vec<TierStats> + Send + Sync>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+const TIER_METRICS: [(&str, &str, bool); 5] = [
+    (
+        "shimmer_cache_bytes",
+        "Bytes held by each cache tier.",
+        false,
+    ),
+    (
+        "shimmer_cache_objects",
+        "Objects held by each cache tier.",
+        false,
+    ),
+    (
+        "shimmer_cache_budget_bytes",
+        "Configured size of each cache tier.",
+        false,
+    ),
+    (
+        "shimmer_cache_evictions_total",
+        "Objects evicted from each cache tier.",
+        true,
+    ),
+    (
+        "shimmer_cache_evicted_bytes_total",
+        "Bytes evicted from each cache tier.",
+        true,
+    ),
+];
+
+impl prometheus::core::Collector for TierCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+        let tiers = (self.read)();
+        TIER_METRICS
+            .iter()
+            .enumerate()
+            .map(|(i, (name, help, counter))| {
+                let mut family = MetricFamily::default();
+                family.set_name(name.to_string());
+                family.set_help(help.to_string());
+                family.set_field_type(if *counter {
+                    MetricType::COUNTER
+                } else {
+                    MetricType::GAUGE
+                });
+                for t in &tiers {
+                    let v = [t.bytes, t.objects, t.budget, t.evictions, t.evicted_bytes][i] as f64;
+                    let mut label = LabelPair::default();
+                    label.set_name("tier".into());
+                    label.set_value(t.tier.into());
+                    let mut m = Metric::default();
+                    m.set_label(vec![label].into());
+                    if *counter {
+                        let mut c = Counter::default();
+                        c.set_value(v);
+                        m.set_counter(c);
+                    } else {
+                        let mut g = Gauge::default();
+                        g.set_value(v);
+                        m.set_gauge(g);
+                    }
+                    family.mut_metric().push(m);
+                }
+                family
+            })
+            .collect()
+    }
+}
+
+/// Registers the function that reads the cache tiers' numbers at scrape time.
+pub fn register_tiers(read: impl Fn() -> Vec<TierStats> + Send + Sync + 'static) {
+    let descs = TIER_METRICS
+        .iter()
+        .filter_map(|(name, help, _)| {
+            prometheus::core::Desc::new(
+                name.to_string(),
+                help.to_string(),
+                vec!["tier".into()],
+                Default::default(),
+            )
+            .ok()
+        })
+        .collect();
+    let collector = TierCollector {
+        read: Box::new(read),
+        descs,
+    };
+    if let Err(e) = prometheus::register(Box::new(collector)) {
+        tracing::error!("cache tier metrics not registered: {e}");
     }
 }

@@ -84,6 +84,15 @@ impl ProxyHttp for Mirror {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(location) = https_redirect(session, &ctx.settings) {
+            ctx.outcome = Outcome::Redirect;
+            let mut resp = ResponseHeader::build(308, Some(3))?;
+            resp.insert_header(header::LOCATION, location)?;
+            resp.insert_header(header::CONTENT_LENGTH, 0)?;
+            resp.insert_header("x-shimmer-node", ctx.settings.node.as_str())?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let parsed = request::parse(
             &req.method,
@@ -451,6 +460,32 @@ fn observe_origin(ctx: &mut RequestCtx, result: &'static str) {
             .with_label_values(&[result])
             .observe(t.elapsed().as_secs_f64());
     }
+}
+
+/// Where a plain-HTTP request goes when TLS is configured with `redirect_http`.
+fn https_redirect(session: &Session, settings: &Settings) -> Option<String> {
+    let tls = settings.tls.as_ref().filter(|t| t.redirect_http)?;
+    let over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    if over_tls {
+        return None;
+    }
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+        .filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']))?;
+    let port = tls
+        .listen
+        .first()
+        .and_then(|l| l.rsplit_once(':'))
+        .map(|(_, p)| p)
+        .filter(|p| *p != "443")
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(format!("https://{host}{port}{path}"))
 }
 
 /// The owner's URL plus the hop marker (see [`request::HOP_PARAM`]).

@@ -11,6 +11,7 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, Settings};
+use crate::metrics;
 use crate::state::Shared;
 
 /// The background service that waits for SIGHUP.
@@ -30,6 +31,7 @@ impl Reloader {
         let loaded = match config::load(path) {
             Ok(l) => l,
             Err(e) => {
+                metrics::RELOADS.with_label_values(&["failed"]).inc();
                 tracing::error!("reload refused, the running config stays: {e}");
                 return false;
             }
@@ -45,8 +47,21 @@ impl Reloader {
         // Keep what cannot change live, so the snapshot tells the truth.
         new.listen = old.listen.clone();
         new.memory_bytes = old.memory_bytes;
-        self.shared.fleet.store(Arc::new(loaded.fleet));
+        new.admin.listen = old.admin.listen;
+        match (&self.shared.certs, &new.tls) {
+            (Some(store), Some(tls)) => {
+                store.replace(tls.certs.clone());
+                if let Some(old_tls) = &old.tls {
+                    let mut keep = tls.clone();
+                    keep.listen = old_tls.listen.clone();
+                    new.tls = Some(keep);
+                }
+            }
+            _ => new.tls = old.tls.clone(),
+        }
         self.shared.settings.store(Arc::new(new));
+        self.shared.install_view(loaded.fleet);
+        metrics::RELOADS.with_label_values(&["ok"]).inc();
         tracing::info!("reloaded {}", path.display());
         true
     }
@@ -55,6 +70,13 @@ impl Reloader {
 /// Settings that are fixed once the listeners and the cache exist.
 fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     let mut keys = Vec::new();
+    if old.admin.listen != new.admin.listen {
+        keys.push("shimmer.admin.listen");
+    }
+    let tls_listen = |s: &Settings| s.tls.as_ref().map(|t| t.listen.clone());
+    if tls_listen(old) != tls_listen(new) {
+        keys.push("shimmer.tls (listeners added, removed or moved)");
+    }
     if old.listen != new.listen {
         keys.push("shimmer.listen");
     }
@@ -67,6 +89,11 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Services start once the server runs its listeners, and a view was loaded
+        // before any of them: from here on the mirror can serve.
+        self.shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {

@@ -2,6 +2,8 @@
 //! current settings and fleet view (swapped whole on reload or sync), and the cache
 //! parts that Pingora needs as `&'static`.
 
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,10 @@ use pingora_cache::predictor::Predictor;
 
 use crate::cache::memory::MemoryStorage;
 use crate::config::Settings;
-use crate::fleet::FleetView;
+use crate::fleet::{FleetView, Silo};
+use crate::metrics;
+use crate::tls::CertStore;
+use pingora_cache::CacheKey;
 
 /// The cache parts live for the whole process: Pingora's cache API takes `&'static`.
 pub struct CacheParts {
@@ -44,14 +49,99 @@ pub struct Shared {
     pub settings: ArcSwap<Settings>,
     pub fleet: ArcSwap<FleetView>,
     pub cache: &'static CacheParts,
+    /// Increases with every fleet view swapped in (1 = the view loaded at start).
+    pub view_version: AtomicU64,
+    /// Set once the services run; `/readyz` answers 200 from then on.
+    pub ready: AtomicBool,
+    /// The TLS certificates in force, when TLS is configured.
+    pub certs: Option<Arc<CertStore>>,
 }
 
 impl Shared {
-    pub fn new(settings: Settings, fleet: FleetView, cache: &'static CacheParts) -> Arc<Shared> {
-        Arc::new(Shared {
+    pub fn new(
+        settings: Settings,
+        fleet: FleetView,
+        cache: &'static CacheParts,
+        certs: Option<Arc<CertStore>>,
+    ) -> Arc<Shared> {
+        let shared = Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
             fleet: ArcSwap::from_pointee(fleet),
             cache,
-        })
+            view_version: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            certs,
+        });
+        shared.record_view(&shared.fleet.load(), 1);
+        shared
     }
+
+    /// Swaps in a new fleet view: requests already running finish on the old one.
+    pub fn install_view(&self, view: FleetView) {
+        let version = self.view_version.fetch_add(1, Ordering::SeqCst) + 1;
+        self.record_view(&view, version);
+        self.fleet.store(Arc::new(view));
+    }
+
+    fn record_view(&self, view: &FleetView, version: u64) {
+        let node = self.settings.load().node.clone();
+        metrics::VIEW_VERSION.set(i64::try_from(version).unwrap_or(i64::MAX));
+        metrics::NODE_WEIGHT.reset();
+        for silo in Silo::ALL {
+            for n in view.template(silo).nodes() {
+                metrics::NODE_WEIGHT
+                    .with_label_values(&[silo.as_str(), &n.name])
+                    .set(n.weight as f64);
+            }
+            metrics::EXPECTED_SHARE
+                .with_label_values(&[silo.as_str()])
+                .set(primary_share(view, silo, &node));
+        }
+    }
+
+    /// Removes an image from every cache tier, both silos. Returns whether any tier
+    /// held it.
+    pub fn purge_hash(&self, hash: &str) -> bool {
+        let mut found = false;
+        for silo in Silo::ALL {
+            let key = CacheKey::new(format!("{}/{hash}", silo.as_str()), "");
+            found |= self.cache.memory.remove(&key);
+        }
+        found
+    }
+
+    /// The cache tiers' numbers, for `/status` and `/metrics`.
+    pub fn tier_stats(&self) -> Vec<metrics::TierStats> {
+        let m = self.cache.memory.stats();
+        vec![metrics::TierStats {
+            tier: "memory",
+            bytes: m.bytes as u64,
+            objects: m.objects as u64,
+            budget: m.budget as u64,
+            evictions: m.evictions,
+            evicted_bytes: m.evicted_bytes,
+        }]
+    }
+}
+
+/// The share of a silo's images `node` is primary for: 1 when the silo is unbalanced,
+/// otherwise estimated over a fixed sample of hashes (the same for every algorithm,
+/// and exact enough for a dashboard: about ±0.5 percentage points).
+pub fn primary_share(view: &FleetView, silo: Silo, node: &str) -> f64 {
+    const SAMPLE: u32 = 20_000;
+    if !view.template(silo).is_balanced() {
+        return 1.0;
+    }
+    let mut hits = 0u32;
+    let mut hash = String::with_capacity(32);
+    for i in 0..SAMPLE {
+        hash.clear();
+        // Spread the sample over the key space like md5s do.
+        let x = u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        let _ = write!(hash, "{x:032x}");
+        if view.owners(silo, &hash).primary() == Some(node) {
+            hits += 1;
+        }
+    }
+    f64::from(hits) / f64::from(SAMPLE)
 }
