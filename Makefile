@@ -4,7 +4,7 @@ CARGO ?= cargo
 BIN := target/release/shimmer
 
 # Debian packages the build and the tests need, as "command:package" pairs.
-BUILD_DEPS := cmake:cmake pkg-config:pkg-config cc:gcc perl:perl make:make curl:curl
+BUILD_DEPS := cmake:cmake pkg-config:pkg-config cc:gcc perl:perl make:make curl:curl promtool:prometheus openssl:openssl /usr/lib/postgresql/*/bin/postgres:postgresql /usr/sbin/mariadbd:mariadb-server # DB servers are off PATH on Debian: absolute paths (the glob expands in `command -v`)
 .PHONY: all deps build run demo test lint bench clean
 
 all: build

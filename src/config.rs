@@ -10,6 +10,7 @@ use std::time::Duration;
 use pingora::server::configuration::ServerConf;
 use serde::{Deserialize, Deserializer};
 
+use crate::cache::disk::DiskConfig;
 use crate::fleet::{Algorithm, FleetSpec, FleetView};
 
 pub mod ops;
@@ -107,6 +108,11 @@ pub struct RawCache {
     pub max_object_bytes: ByteSize,
     pub lock_timeout: Seconds,
     pub not_found_ttl: Seconds,
+    /// The disk tier's directory; none: memory only.
+    pub dir: Option<PathBuf>,
+    pub disk_bytes: Option<ByteSize>,
+    pub disk_max_object_bytes: Option<ByteSize>,
+    pub fsync: bool,
 }
 
 impl Default for RawCache {
@@ -116,9 +122,19 @@ impl Default for RawCache {
             max_object_bytes: ByteSize(128 << 20),
             lock_timeout: Seconds(Duration::from_secs(10)),
             not_found_ttl: Seconds(Duration::from_secs(10)),
+            dir: None,
+            disk_bytes: None,
+            disk_max_object_bytes: None,
+            fsync: false,
         }
     }
 }
+
+/// Largest object kept on disk when `disk_max_object_bytes` is not set (and at most an
+/// eighth of `disk_bytes`).
+const DEFAULT_DISK_MAX_OBJECT: u64 = 1 << 30;
+/// Smallest disk tier worth having.
+const MIN_DISK_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -180,6 +196,9 @@ pub struct Settings {
     pub max_object_bytes: u64,
     pub lock_timeout: Duration,
     pub not_found_ttl: Duration,
+    /// The disk tier (`shimmer.cache.dir` and friends), if configured. The directory is
+    /// not touched here: one that cannot be used is reported when the mirror starts.
+    pub disk: Option<DiskConfig>,
     pub cache_control: String,
     pub max_path_bytes: usize,
     pub log_level: String,
@@ -329,6 +348,7 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
             "must be at least 1M".into(),
         ));
     }
+    let disk = disk_config(&raw.cache).map_err(|(key, m)| invalid(key, m))?;
     if raw.http.max_path_bytes < 64 {
         return Err(invalid(
             "shimmer.http.max_path_bytes",
@@ -364,12 +384,58 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
         max_object_bytes: raw.cache.max_object_bytes.0,
         lock_timeout: raw.cache.lock_timeout.0,
         not_found_ttl: raw.cache.not_found_ttl.0,
+        disk,
         cache_control: raw.http.cache_control,
         max_path_bytes: raw.http.max_path_bytes,
         log_level: raw.log_level,
         admin,
         tls,
     })
+}
+
+/// The disk tier from `shimmer.cache`: `disk_bytes` is required with `dir`, and the
+/// other disk keys make no sense without it.
+fn disk_config(raw: &RawCache) -> Result<Option<DiskConfig>, (&'static str, String)> {
+    let Some(dir) = &raw.dir else {
+        let stray = [
+            ("shimmer.cache.disk_bytes", raw.disk_bytes.is_some()),
+            ("shimmer.cache.disk_max_object_bytes", raw.disk_max_object_bytes.is_some()),
+            ("shimmer.cache.fsync", raw.fsync),
+        ];
+        return match stray.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err((key, "only applies with shimmer.cache.dir (the disk tier)".into())),
+            None => Ok(None),
+        };
+    };
+    if !dir.is_absolute() {
+        return Err((
+            "shimmer.cache.dir",
+            format!("{} must be an absolute path", dir.display()),
+        ));
+    }
+    let budget = raw
+        .disk_bytes
+        .ok_or(("shimmer.cache.disk_bytes", "is required when dir is set".to_owned()))?
+        .0;
+    if budget < MIN_DISK_BYTES {
+        return Err(("shimmer.cache.disk_bytes", "must be at least 16M".into()));
+    }
+    let max_object = match raw.disk_max_object_bytes {
+        Some(ByteSize(n)) if n == 0 || n > budget => {
+            return Err((
+                "shimmer.cache.disk_max_object_bytes",
+                "must be more than 0 and at most disk_bytes".into(),
+            ))
+        }
+        Some(ByteSize(n)) => n,
+        None => DEFAULT_DISK_MAX_OBJECT.min(budget / 8),
+    };
+    Ok(Some(DiskConfig {
+        dir: dir.clone(),
+        budget_bytes: budget,
+        max_object_bytes: max_object,
+        fsync: raw.fsync,
+    }))
 }
 
 /// `http://host[:port]`, `https://host[:port]` or `host:port` (plain HTTP).

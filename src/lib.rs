@@ -13,5 +13,7 @@ pub mod owners;
 pub mod proxy;
 pub mod reload;
 pub mod request;
+pub mod shimmie;
 pub mod state;
+pub mod sync;
 pub mod tls;

@@ -2,18 +2,20 @@
 //! the services. No logic lives here.
 
 use std::io::IsTerminal;
+use std::os::fd::{IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
-use pingora::server::Server;
+use pingora::server::{ListenFds, Server, ShutdownWatch};
 use pingora::services::background::background_service;
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 
 use shimmer::admin::AdminApp;
 use shimmer::config::{self, Loaded};
 use shimmer::proxy::Mirror;
-use shimmer::reload::Reloader;
+use shimmer::reload::{self, LogLevelHook, Reloader};
 use shimmer::state::{CacheParts, Shared};
 use shimmer::tls::CertStore;
 use shimmer::{metrics, origin, owners};
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Owners(args)) => return owners::run(args),
         Some(Command::Origin(args)) => {
-            init_tracing("info");
+            let _ = init_tracing("info");
             return origin::run(args);
         }
         None => {}
@@ -80,25 +82,34 @@ fn main() -> ExitCode {
         println!("shimmer: config ok (node {})", loaded.settings.node);
         return ExitCode::SUCCESS;
     }
-    init_tracing(&loaded.settings.log_level);
+    let set_log_level = init_tracing(&loaded.settings.log_level);
     let opt = Opt {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
         conf: None,
         ..Opt::default()
     };
-    run(opt, loaded, cli.conf)
+    run(opt, loaded, cli.conf, set_log_level)
 }
 
-fn run(opt: Opt, loaded: Loaded, path: Option<PathBuf>) -> ExitCode {
+fn run(
+    opt: Opt,
+    loaded: Loaded,
+    path: Option<PathBuf>,
+    set_log_level: Option<LogLevelHook>,
+) -> ExitCode {
     let Loaded {
         server: server_conf,
         settings,
         fleet,
     } = loaded;
+    let server_keys = reload::server_keys(&server_conf);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     metrics::init();
+    metrics::set_node(&settings.node);
+    // Only the static source exists in this build: nothing to lose touch with.
+    metrics::sync_static_source();
 
     let cache = CacheParts::leak(&settings);
     let listen = settings.listen.clone();
@@ -132,7 +143,28 @@ fn run(opt: Opt, loaded: Loaded, path: Option<PathBuf>) -> ExitCode {
             proxy.add_tls_with_settings(addr, None, settings);
         }
     }
-    server.add_service(proxy);
+    // In daemon mode Pingora drops to `user` before its listeners bind, so a port
+    // below 1024 would fail: bind them now, as root, and hand them over (see Prebound).
+    let upgrading = server.options.as_ref().is_some_and(|o| o.upgrade);
+    let prebind = server.configuration.daemon && server.configuration.user.is_some() && !upgrading;
+    let mut addrs: Vec<String> = listen.clone();
+    addrs.extend(tls.iter().flat_map(|t| t.listen.iter().cloned()));
+    addrs.extend(admin_listen.map(|a| a.to_string()));
+    let prebound = if prebind {
+        match Prebound::bind(&addrs) {
+            Ok(p) => Some(server.add_service(p)),
+            Err(e) => {
+                eprintln!("shimmer: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let proxy = server.add_service(proxy);
+    if let Some(p) = &prebound {
+        proxy.add_dependency(p);
+    }
     if let Some(addr) = admin_listen {
         let mut admin = pingora::services::listening::Service::new(
             "shimmer admin".into(),
@@ -141,11 +173,19 @@ fn run(opt: Opt, loaded: Loaded, path: Option<PathBuf>) -> ExitCode {
             },
         );
         admin.add_tcp(&addr.to_string());
-        server.add_service(admin);
+        let admin = server.add_service(admin);
+        if let Some(p) = &prebound {
+            admin.add_dependency(p);
+        }
     }
     server.add_service(background_service(
         "reload on SIGHUP",
-        Reloader { shared, path },
+        Reloader {
+            shared,
+            path,
+            server_keys,
+            set_log_level,
+        },
     ));
     tracing::info!(
         "shimmer node {node} listening on {}{}",
@@ -156,14 +196,75 @@ fn run(opt: Opt, loaded: Loaded, path: Option<PathBuf>) -> ExitCode {
     server.run_forever()
 }
 
-fn init_tracing(filter: &str) {
+/// Listening sockets bound before Pingora drops privileges. Pingora's listeners take a
+/// socket for their address from the server's table of inherited sockets (the one a
+/// graceful upgrade fills) instead of binding; this service puts these there before
+/// the listening services start (they depend on it), and the table hands them on at
+/// the next upgrade.
+struct Prebound {
+    fds: Vec<(String, RawFd)>,
+}
+
+impl Prebound {
+    fn bind(addrs: &[String]) -> Result<Prebound, String> {
+        let mut fds = Vec::new();
+        for addr in addrs {
+            let l = std::net::TcpListener::bind(addr.as_str())
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            fds.push((addr.clone(), l.into_raw_fd()));
+        }
+        Ok(Prebound { fds })
+    }
+}
+
+#[async_trait::async_trait]
+impl ServiceWithDependents for Prebound {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        _shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        if let Some(table) = fds {
+            let mut table = table.lock();
+            for (addr, fd) in self.fds.drain(..) {
+                table.add(addr, fd);
+            }
+        }
+        ready.notify_ready();
+    }
+
+    fn name(&self) -> &str {
+        "prebound listeners"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+}
+
+/// Logs to stderr at `filter` (RUST_LOG, when set, wins at start). Returns the hook
+/// that a reload uses to change the filter live.
+fn init_tracing(filter: &str) -> Option<LogLevelHook> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    Some(Box::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }

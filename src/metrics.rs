@@ -3,8 +3,9 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_gauge_vec, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge, GaugeVec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Latency buckets from a memory hit (~100 µs) to a slow origin fetch of a video.
@@ -87,7 +88,53 @@ metric!(EXPECTED_SHARE: GaugeVec = register_gauge_vec!(
     &["silo"]
 ));
 
-/// Touches every metric so it is registered (and exported) before its first use.
+metric!(NODE_INFO: IntGaugeVec = register_int_gauge_vec!(
+    "shimmer_node_info",
+    "Always 1: this mirror's node name (as in the link templates) and version, for joins.",
+    &["node", "version"]
+));
+
+// Sync with Shimmie's database (src/sync.rs). A static source has nothing to lose
+// touch with: it counts as up from the start.
+
+metric!(SYNC_UP: IntGauge = register_int_gauge!(
+    "shimmer_sync_up",
+    "1 while the last sync round with the source succeeded, 0 while the source is unreachable (the last good view stays)."
+));
+
+metric!(SYNC_ERRORS: IntCounter = register_int_counter!(
+    "shimmer_sync_errors_total",
+    "Sync rounds that failed to reach or read the source."
+));
+
+metric!(SYNC_TEMPLATE_ERRORS: IntCounter = register_int_counter!(
+    "shimmer_sync_template_errors_total",
+    "Link templates read from the source that did not parse (the current view stayed)."
+));
+
+metric!(SYNC_LAST_SUCCESS: Gauge = register_gauge!(
+    "shimmer_sync_last_success_timestamp_seconds",
+    "Unix time of the last successful sync round (0: none yet, or a static source)."
+));
+
+metric!(SYNC_BANS: IntGauge = register_int_gauge!(
+    "shimmer_sync_bans",
+    "Banned hashes known to this mirror."
+));
+
+/// Outcomes of [`REQUESTS`], created up front so ratios exist before the first request.
+pub const OUTCOMES: [&str; 7] = [
+    "hit",
+    "miss",
+    "pass",
+    "redirect",
+    "not_found",
+    "rejected",
+    "error",
+];
+
+/// Touches every metric so it is registered (and exported) before its first use, and
+/// creates the known label sets, so a dashboard or an alert sees 0 rather than nothing.
 pub fn init() {
     Lazy::force(&REQUESTS);
     Lazy::force(&REQUEST_SECONDS);
@@ -100,6 +147,40 @@ pub fn init() {
     Lazy::force(&VIEW_VERSION);
     Lazy::force(&NODE_WEIGHT);
     Lazy::force(&EXPECTED_SHARE);
+    Lazy::force(&NODE_INFO);
+    Lazy::force(&SYNC_UP);
+    Lazy::force(&SYNC_ERRORS);
+    Lazy::force(&SYNC_TEMPLATE_ERRORS);
+    Lazy::force(&SYNC_LAST_SUCCESS);
+    Lazy::force(&SYNC_BANS);
+    for silo in ["_images", "_thumbs"] {
+        for outcome in OUTCOMES {
+            REQUESTS.with_label_values(&[silo, outcome]);
+        }
+    }
+    for result in ["ok", "failed"] {
+        RELOADS.with_label_values(&[result]);
+    }
+    for stage in ["started", "completed", "cert_error"] {
+        TLS_HANDSHAKES.with_label_values(&[stage]);
+    }
+    for cause in ["admin", "ban"] {
+        PURGES.with_label_values(&[cause]);
+    }
+}
+
+/// Records this mirror's node name (at start and when a reload changes it).
+pub fn set_node(node: &str) {
+    NODE_INFO.reset();
+    NODE_INFO
+        .with_label_values(&[node, env!("CARGO_PKG_VERSION")])
+        .set(1);
+}
+
+/// For a static source (the YAML's `static:` block): always up, and no sync round ever
+/// runs, so the last-success time stays 0.
+pub fn sync_static_source() {
+    SYNC_UP.set(1);
 }
 
 /// The Prometheus text exposition of everything registered.

@@ -138,15 +138,18 @@ impl ProxyHttp for Mirror {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(ctx.settings.lock_timeout);
         session.cache.enable(
-            &parts.memory,
+            &parts.storage,
             None::<&'static (dyn EvictionManager + Sync)>,
             Some(&parts.predictor),
             Some(parts.lock.as_ref()),
             Some(overrides),
         );
-        session.cache.set_max_file_size_bytes(
-            usize::try_from(ctx.settings.max_object_bytes).unwrap_or(usize::MAX),
-        );
+        let max = parts
+            .storage
+            .max_file_size_bytes(ctx.settings.max_object_bytes);
+        session
+            .cache
+            .set_max_file_size_bytes(usize::try_from(max).unwrap_or(usize::MAX));
         Ok(())
     }
 

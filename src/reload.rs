@@ -14,11 +14,24 @@ use crate::config::{self, Settings};
 use crate::metrics;
 use crate::state::Shared;
 
+/// Applies a new `log_level` (a tracing filter) to the running process.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// The background service that waits for SIGHUP.
 pub struct Reloader {
     pub shared: Arc<Shared>,
     /// `None` when running on the embedded default: there is nothing to re-read.
     pub path: Option<PathBuf>,
+    /// Pingora's own keys as the process started with them (none of them can change
+    /// live); a reload names those that differ.
+    pub server_keys: serde_yaml::Value,
+    /// Sets the log filter live; `None` leaves the level as it started.
+    pub set_log_level: Option<LogLevelHook>,
+}
+
+/// Pingora's keys of a loaded config, for comparing on reload.
+pub fn server_keys(conf: &pingora::server::configuration::ServerConf) -> serde_yaml::Value {
+    serde_yaml::to_value(conf).unwrap_or(serde_yaml::Value::Null)
 }
 
 impl Reloader {
@@ -37,16 +50,20 @@ impl Reloader {
             }
         };
         let old = self.shared.settings.load_full();
-        for key in needs_restart(&old, &loaded.settings) {
+        let mut fixed = needs_restart(&old, &loaded.settings);
+        let new_server_keys = server_keys(&loaded.server);
+        fixed.extend(changed_server_keys(&self.server_keys, &new_server_keys));
+        for key in &fixed {
             tracing::warn!(
                 "reload: {key} cannot change in a running process; the old value stays \
-                 until a graceful upgrade (SIGQUIT + `shimmer -u`)"
+                 until a graceful upgrade (start `shimmer -u -c FILE`, then SIGQUIT this one)"
             );
         }
         let mut new = loaded.settings;
         // Keep what cannot change live, so the snapshot tells the truth.
         new.listen = old.listen.clone();
         new.memory_bytes = old.memory_bytes;
+        new.disk = old.disk.clone();
         new.admin.listen = old.admin.listen;
         match (&self.shared.certs, &new.tls) {
             (Some(store), Some(tls)) => {
@@ -54,21 +71,61 @@ impl Reloader {
                 if let Some(old_tls) = &old.tls {
                     let mut keep = tls.clone();
                     keep.listen = old_tls.listen.clone();
+                    // ALPN is fixed in the listeners when they are built.
+                    keep.h2 = old_tls.h2;
                     new.tls = Some(keep);
                 }
             }
             _ => new.tls = old.tls.clone(),
         }
+        let level_change = (new.log_level != old.log_level)
+            .then(|| (old.log_level.clone(), new.log_level.clone()));
+        let node_changed = new.node != old.node;
+        let node = new.node.clone();
         self.shared.settings.store(Arc::new(new));
         self.shared.install_view(loaded.fleet);
+        if node_changed {
+            metrics::set_node(&node);
+        }
         metrics::RELOADS.with_label_values(&["ok"]).inc();
-        tracing::info!("reloaded {}", path.display());
+        match &level_change {
+            Some((from, to)) => {
+                tracing::info!("reloaded {} (log level {from:?} -> {to:?})", path.display())
+            }
+            None => tracing::info!("reloaded {}", path.display()),
+        }
+        // Last, so the line above is still written at the old level.
+        if let (Some((_, to)), Some(set)) = (&level_change, &self.set_log_level) {
+            if let Err(e) = set(to) {
+                // Validation already parsed this filter; this is not expected.
+                tracing::error!("reload: cannot apply log_level {to:?}: {e}");
+            }
+        }
         true
     }
 }
 
+/// Pingora's top-level keys whose value differs between two loaded files.
+fn changed_server_keys(old: &serde_yaml::Value, new: &serde_yaml::Value) -> Vec<String> {
+    let (Some(old), Some(new)) = (old.as_mapping(), new.as_mapping()) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .filter_map(|(k, _)| k.as_str().map(str::to_owned))
+        .collect();
+    keys.extend(
+        new.iter()
+            .filter(|(k, _)| !old.contains_key(*k))
+            .filter_map(|(k, _)| k.as_str().map(str::to_owned)),
+    );
+    keys.sort();
+    keys
+}
+
 /// Settings that are fixed once the listeners and the cache exist.
-fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
+fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
     let mut keys = Vec::new();
     if old.admin.listen != new.admin.listen {
         keys.push("shimmer.admin.listen");
@@ -77,13 +134,23 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if tls_listen(old) != tls_listen(new) {
         keys.push("shimmer.tls (listeners added, removed or moved)");
     }
+    let h2 = |s: &Settings| s.tls.as_ref().map(|t| t.h2);
+    if h2(old).is_some() && h2(new).is_some() && h2(old) != h2(new) {
+        keys.push("shimmer.tls.h2");
+    }
     if old.listen != new.listen {
         keys.push("shimmer.listen");
     }
     if old.memory_bytes != new.memory_bytes {
         keys.push("shimmer.cache.memory_bytes");
     }
-    keys
+    let dir = |s: &Settings| s.disk.as_ref().map(|d| d.dir.clone());
+    if dir(old) != dir(new) {
+        keys.push("shimmer.cache.dir");
+    } else if old.disk != new.disk {
+        keys.push("shimmer.cache disk tier (disk_bytes, disk_max_object_bytes, fsync)");
+    }
+    keys.into_iter().map(str::to_owned).collect()
 }
 
 #[async_trait]

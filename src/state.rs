@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::Predictor;
 
+use crate::cache::disk::DiskStorage;
 use crate::cache::memory::MemoryStorage;
+use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
 use crate::fleet::{FleetView, Silo};
 use crate::metrics;
@@ -20,7 +22,13 @@ use pingora_cache::CacheKey;
 
 /// The cache parts live for the whole process: Pingora's cache API takes `&'static`.
 pub struct CacheParts {
-    pub memory: MemoryStorage,
+    /// The memory tier (also inside `storage`).
+    pub memory: &'static MemoryStorage,
+    /// The disk tier, when `shimmer.cache.dir` is set (also inside `storage`).
+    pub disk: Option<&'static DiskStorage>,
+    /// What the proxy enables: the memory tier over the disk tier. Purge through it
+    /// (`purge_hash`, `purge_hash_now`) to reach every tier.
+    pub storage: TieredStorage,
     pub lock: Box<CacheKeyLockImpl>,
     /// Remembers keys that turned out uncacheable (too large, origin said no), so
     /// their next requests skip the cache lock instead of queueing behind it.
@@ -28,16 +36,27 @@ pub struct CacheParts {
 }
 
 impl CacheParts {
-    /// Builds the parts once and leaks them: they are never freed before exit.
+    /// Builds the parts once and leaks them: they are never freed before exit. The disk
+    /// directory is prepared here (no threads: Pingora may fork after this); its
+    /// restart scan starts with the first request.
     pub fn leak(settings: &Settings) -> &'static CacheParts {
         // A writer holding the lock longer than this is presumed dead and others compete
         // for the lock again; a slow origin streaming a big video must not trip it.
         let lock_age = settings.lock_timeout.max(Duration::from_secs(1)) * 6;
-        Box::leak(Box::new(CacheParts {
-            memory: MemoryStorage::with_max_object_bytes(
+        let memory: &'static MemoryStorage = Box::leak(Box::new(
+            MemoryStorage::with_max_object_bytes(
                 usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX),
                 usize::try_from(settings.max_object_bytes).unwrap_or(usize::MAX),
             ),
+        ));
+        let disk = settings
+            .disk
+            .clone()
+            .map(|cfg| &*Box::leak(Box::new(DiskStorage::open(cfg))));
+        Box::leak(Box::new(CacheParts {
+            memory,
+            disk,
+            storage: TieredStorage::new(memory, disk),
             lock: CacheLock::new_boxed(lock_age),
             predictor: Predictor::new(4096, None),
         }))

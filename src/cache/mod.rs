@@ -1,2 +1,72 @@
-//! Cache storage behind pingora-cache: the memory tier (and later the disk tier).
+//! Cache storage behind pingora-cache: the memory tier, the disk tier and the tiered
+//! composition the proxy enables (see `README.md` in this directory for the design).
+//!
+//! - [`memory::MemoryStorage`]: byte-bounded, TinyUFO (TinyLFU admission, S3-FIFO).
+//! - [`disk::DiskStorage`]: a file per object under `<dir>/<silo>/<ab>/<cd>/<hash>`,
+//!   crash-safe (temp file + rename), checked header, LRU-bounded by bytes, rebuilt from
+//!   the directory in the background after a restart, adopts shm-cached directories.
+//! - [`tiered::TieredStorage`]: memory over disk; fills go to both, disk hits are
+//!   promoted into memory, a disk that cannot be written degrades to memory only.
+pub mod disk;
 pub mod memory;
+mod stream;
+pub mod tiered;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{header, StatusCode};
+use pingora_cache::CacheMeta;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Lets a recurring warning through at most once per interval; the caller counts every
+/// occurrence in a metric, the log only says that it keeps happening.
+pub(crate) struct LogEvery {
+    last: AtomicU64,
+    every_secs: u64,
+}
+
+impl LogEvery {
+    pub(crate) const fn new(every_secs: u64) -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            every_secs,
+        }
+    }
+
+    /// Whether this occurrence should be logged.
+    pub(crate) fn ready(&self) -> bool {
+        let now = unix_now();
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now < last.saturating_add(self.every_secs) {
+            return false;
+        }
+        self.last
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// The body length a response declares and that its body must match, if any.
+pub(crate) fn declared_len(meta: &CacheMeta) -> Option<u64> {
+    let resp = meta.response_header();
+    let bodyless = resp.status.is_informational()
+        || resp.status == StatusCode::NO_CONTENT
+        || resp.status == StatusCode::NOT_MODIFIED;
+    if bodyless || resp.headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    resp.headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

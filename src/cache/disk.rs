@@ -1,0 +1,646 @@
+//! The disk tier: a persistent, byte-bounded, crash-safe pingora-cache [`Storage`].
+//!
+//! - **Files.** One per object at `<dir>/<silo>/<ab>/<cd>/<hash>` with a checked header
+//!   (see [`format`]). A fill is written to `<dir>/.tmp/<pid>-<id>-<name>` and renamed
+//!   into place only when its body is complete, so a crash leaves a temp file (deleted
+//!   at the next start), never a short object. Nothing is fsynced unless `fsync` is set.
+//! - **Reads.** A lookup opens the path directly (no index needed, so a restarted
+//!   mirror serves at once), checks the header and the file length, and streams the
+//!   body in 64 KiB `pread`s; `seek` serves Range requests. A file that does not check
+//!   is deleted and is a miss. A full read also checks the body CRC and fails the
+//!   response (never a clean end) if it does not match.
+//! - **Bound.** An in-memory LRU index ([`index`]) of every file charges each its size
+//!   rounded up to 4 KiB. A fill with a Content-Length reserves its size before it
+//!   starts and evicts least recently used objects to make room, so the directory stays
+//!   within `disk_bytes` (fills without a length are charged when they finish).
+//! - **Restart.** [`DiskStorage::start_background`] (called by the first lookup, after
+//!   Pingora has forked, see below) scans the directory on a few threads, checks every
+//!   header, deletes bad files and stale temp files, adopts shm-cached files and fills
+//!   the index, oldest mtime least recently used. Lookups work meanwhile.
+//! - **Adoption.** A file at a valid path without our header is an shm-cached body: it
+//!   is served in place (Content-Type sniffed from its first bytes, Last-Modified from
+//!   its mtime) if its format's end checks out ([`legacy`]), else deleted. Not rewritten:
+//!   adoption costs no I/O beyond a header read, and the directory stays usable by
+//!   shm-cached for a rollback.
+//! - **Failures.** A directory that cannot be created or written, a full disk or an I/O
+//!   error is counted, logged at most once a minute, and turns the tier off for writes
+//!   for 30 s; the tiered store then fills memory only. Nothing is ever answered 5xx
+//!   because the disk could not be written.
+//!
+//! Background threads are started lazily because Pingora forks when it daemonizes, and
+//! threads started before `run_forever` would not survive the fork (nor must a lock
+//! they hold at that moment).
+
+pub mod format;
+pub mod index;
+mod io;
+mod legacy;
+mod scan;
+mod storage;
+#[cfg(test)]
+pub(crate) mod tests;
+#[cfg(test)]
+mod tests_scan;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::key::HashBinary;
+use pingora_cache::CacheMeta;
+use pingora_error::{Error, ErrorType};
+
+pub use format::{MetaBytes, ObjectRef, Silo};
+pub use io::{DiskHit, DiskWriter};
+pub use storage::seed_object;
+
+use crate::cache::stream::StreamFill;
+use crate::cache::{unix_now, LogEvery};
+use format::Corrupt;
+use index::{blocks_for, Index, Rec, BLOCK};
+use io::Found;
+
+/// After a write error, the tier takes no new fills for this long.
+const DEGRADED_SECS: u64 = 30;
+/// On ENOSPC, at least this much is evicted at once.
+const SHED_BYTES: u64 = 64 << 20;
+
+/// How the disk tier is set up (from `shimmer.cache`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub dir: PathBuf,
+    /// Bytes the files may take (each charged its size rounded up to 4 KiB).
+    pub budget_bytes: u64,
+    /// Largest body written to disk.
+    pub max_object_bytes: u64,
+    /// fsync each file and its directory before it becomes visible.
+    pub fsync: bool,
+}
+
+/// What went wrong in the disk tier.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: Corrupt },
+    #[error("not a cacheable object key (expected <silo>/<32 lowercase hex>)")]
+    BadKey,
+    #[error("the disk tier takes no writes for now (recent write errors)")]
+    Unavailable,
+    #[error("a {0}-byte body is over the disk tier's object limit")]
+    TooLarge(u64),
+    #[error("body is {written} bytes but Content-Length says {expected}")]
+    LengthMismatch { written: u64, expected: u64 },
+    #[error("a {0}-byte meta does not fit a cache file header")]
+    MetaTooLarge(usize),
+    #[error("purged while it was being written")]
+    Purged,
+}
+
+impl DiskError {
+    pub(crate) fn io(op: &'static str, path: PathBuf, source: std::io::Error) -> Self {
+        DiskError::Io { op, path, source }
+    }
+
+    pub(crate) fn into_pingora(self) -> Box<Error> {
+        Error::because(ErrorType::InternalError, "disk cache", self)
+    }
+}
+
+/// Numbers for Prometheus. Counters (`*_total` in spirit) are cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub budget: u64,
+    /// Bytes charged for indexed files (4 KiB granularity).
+    pub bytes: u64,
+    pub objects: u64,
+    /// Bytes reserved by fills in progress.
+    pub reserved: u64,
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+    /// Failed writes (create, write, rename): each one skipped the disk for a fill.
+    pub write_errors: u64,
+    pub read_errors: u64,
+    /// Files deleted because their header, length or checksum did not check.
+    pub corrupt_removed: u64,
+    /// Objects removed by purges and bans.
+    pub purged: u64,
+    /// shm-cached files adopted by the restart scan.
+    pub adopted: u64,
+    /// Files the restart scan has looked at so far.
+    pub rebuild_scanned: u64,
+    pub rebuild_done: bool,
+    pub rebuild_millis: u64,
+    /// Whether the tier takes new fills right now.
+    pub writable: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    evictions: AtomicU64,
+    evicted_bytes: AtomicU64,
+    write_errors: AtomicU64,
+    read_errors: AtomicU64,
+    corrupt_removed: AtomicU64,
+    purged: AtomicU64,
+    adopted: AtomicU64,
+    scanned: AtomicU64,
+    rebuild_millis: AtomicU64,
+    rebuild_done: AtomicBool,
+}
+
+/// The index and the reservations of fills in progress, under one lock.
+#[derive(Default)]
+struct Books {
+    index: Index,
+    reserved: u64,
+    /// Keys removed while the restart scan runs, so that it does not bring them back.
+    removed_while_scanning: Option<HashSet<HashBinary>>,
+}
+
+impl Books {
+    fn note_removed(&mut self, key: HashBinary) {
+        if let Some(set) = self.removed_while_scanning.as_mut() {
+            set.insert(key);
+        }
+    }
+}
+
+/// The disk tier. Build it once with [`DiskStorage::open`] and leak it.
+pub struct DiskStorage {
+    cfg: DiskConfig,
+    tmp: PathBuf,
+    books: Mutex<Books>,
+    /// Fills of this store used directly as a `Storage` (the tiered store has its own).
+    fills: RwLock<HashMap<HashBinary, Vec<Arc<StreamFill>>>>,
+    next_id: AtomicU64,
+    /// One bit per `<silo>/<ab>/<cd>` directory known to exist.
+    dirs_made: Box<[AtomicU64]>,
+    /// Unix second until which no new fill is started (0: writable).
+    pub(crate) degraded_until: AtomicU64,
+    started: AtomicBool,
+    counters: Counters,
+    write_log: LogEvery,
+    read_log: LogEvery,
+    corrupt_log: LogEvery,
+    /// Tests: body writes past this many bytes fail with ENOSPC.
+    #[cfg(test)]
+    pub(crate) fail_writes_after: AtomicU64,
+}
+
+impl DiskStorage {
+    /// Prepares the directory (creates it, removes temp files of dead processes, checks
+    /// that it can be written). Never fails: a directory that cannot be used is logged
+    /// and counted, and the tier stays off for writes until a retry succeeds.
+    pub fn open(cfg: DiskConfig) -> DiskStorage {
+        let store = DiskStorage {
+            tmp: cfg.dir.join(".tmp"),
+            cfg,
+            books: Mutex::new(Books::default()),
+            fills: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dirs_made: (0..2 * 65536 / 64).map(|_| AtomicU64::new(0)).collect(),
+            degraded_until: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            counters: Counters::default(),
+            write_log: LogEvery::new(60),
+            read_log: LogEvery::new(60),
+            corrupt_log: LogEvery::new(60),
+            #[cfg(test)]
+            fail_writes_after: AtomicU64::new(u64::MAX),
+        };
+        match store.prepare() {
+            Ok(temps) => tracing::info!(
+                "disk cache {}: budget {} bytes, objects up to {} bytes, fsync {}, \
+                 {temps} stale temp files removed",
+                store.cfg.dir.display(),
+                store.cfg.budget_bytes,
+                store.cfg.max_object_bytes,
+                store.cfg.fsync,
+            ),
+            Err(e) => store.note_write_error("prepare", &store.cfg.dir, &e),
+        }
+        store
+    }
+
+    fn prepare(&self) -> std::io::Result<usize> {
+        std::fs::create_dir_all(&self.cfg.dir)?;
+        std::fs::create_dir_all(&self.tmp)?;
+        let removed = scan::clean_temps(&self.tmp)?;
+        let probe = self.tmp.join(format!("{}-probe", std::process::id()));
+        let written = std::fs::write(&probe, b"probe");
+        io::remove_quietly(&probe);
+        written.map(|()| removed)
+    }
+
+    /// Starts the restart scan (once). Called by the first lookup or fill; call it from a
+    /// service's start to scan before the first request. Never before Pingora forks.
+    pub fn start_background(&'static self) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.books.lock().removed_while_scanning = Some(HashSet::new());
+        let spawned = std::thread::Builder::new()
+            .name("shimmer-disk-scan".into())
+            .spawn(move || scan::rebuild(self));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the disk index rebuild: {e}; the index fills as objects are used");
+            self.books.lock().removed_while_scanning = None;
+            self.counters.rebuild_done.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn config(&self) -> &DiskConfig {
+        &self.cfg
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+
+    pub fn max_object_bytes(&self) -> u64 {
+        self.cfg.max_object_bytes
+    }
+
+    /// Whether new fills are written to disk right now.
+    pub fn is_accepting_writes(&self) -> bool {
+        self.degraded_until.load(Ordering::Relaxed) <= unix_now()
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        let (bytes, objects, reserved) = {
+            let b = self.books.lock();
+            (b.index.bytes(), b.index.len() as u64, b.reserved)
+        };
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DiskStats {
+            budget: self.cfg.budget_bytes,
+            bytes,
+            objects,
+            reserved,
+            evictions: get(&c.evictions),
+            evicted_bytes: get(&c.evicted_bytes),
+            write_errors: get(&c.write_errors),
+            read_errors: get(&c.read_errors),
+            corrupt_removed: get(&c.corrupt_removed),
+            purged: get(&c.purged),
+            adopted: get(&c.adopted),
+            rebuild_scanned: get(&c.scanned),
+            rebuild_done: c.rebuild_done.load(Ordering::Acquire),
+            rebuild_millis: get(&c.rebuild_millis),
+            writable: self.is_accepting_writes(),
+        }
+    }
+
+    /// Looks the object up at its path. Missing, invalid (deleted here) or unreadable
+    /// files are a miss; read errors are counted and logged.
+    pub async fn lookup_object(&'static self, obj: ObjectRef) -> Option<(CacheMeta, DiskHit)> {
+        self.start_background();
+        let path = obj.path(&self.cfg.dir);
+        let found = tokio::task::spawn_blocking(move || io::open_checked(&path, &obj, true))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        let opened = match found {
+            Ok(Found::Valid(opened)) => opened,
+            Ok(Found::Missing) => {
+                self.forget(obj);
+                return None;
+            }
+            Ok(Found::Removed(corrupt)) => {
+                self.forget(obj);
+                self.note_corrupt(&obj, corrupt);
+                return None;
+            }
+            Err(e) => {
+                self.note_read_error(&obj, &e);
+                return None;
+            }
+        };
+        let (meta, hit_meta, body_off, body_len, crc) = match opened.kind {
+            io::Inspected::Ours(h) => match h.meta.to_meta() {
+                Ok(meta) => (meta, h.meta, h.header_len, h.body_len, h.body_crc),
+                Err(_) => {
+                    // Checks out but pingora cannot read the meta (a format change).
+                    self.drop_corrupt(obj, Corrupt::Version(format::VERSION)).await;
+                    return None;
+                }
+            },
+            io::Inspected::Legacy { content_type } => {
+                let meta = format::adopted_meta(&obj, content_type, opened.len, opened.mtime);
+                let bytes = meta.as_ref().ok().and_then(|m| MetaBytes::from_meta(m).ok());
+                let (Ok(meta), Some(bytes)) = (meta, bytes) else {
+                    return None;
+                };
+                (meta, bytes, 0, opened.len, None)
+            }
+        };
+        {
+            let mut books = self.books.lock();
+            if !books.index.touch(&obj.key_hash()) {
+                let rec = Rec {
+                    obj,
+                    blocks: blocks_for(opened.len),
+                };
+                books.index.insert_hot(obj.key_hash(), rec);
+            }
+        }
+        let hit = DiskHit {
+            store: self,
+            obj,
+            file: Arc::new(opened.file),
+            meta: Arc::new(hit_meta),
+            body_off,
+            body_len,
+            pos: 0,
+            end: body_len,
+            crc: crc.map(|want| (crc32fast::Hasher::new(), want)),
+        };
+        Some((meta, hit))
+    }
+
+    /// Starts writing `obj`: reserves its declared size (evicting to make room), creates
+    /// the temp file. Fails without side effects when the tier is not writable.
+    pub async fn begin_write(
+        &'static self,
+        obj: ObjectRef,
+        meta: Arc<MetaBytes>,
+        declared: Option<u64>,
+    ) -> Result<DiskWriter, DiskError> {
+        self.start_background();
+        if !self.is_accepting_writes() {
+            return Err(DiskError::Unavailable);
+        }
+        if let Some(len) = declared.filter(|&l| l > self.cfg.max_object_bytes) {
+            return Err(DiskError::TooLarge(len));
+        }
+        let header_len = format::header_len_for(meta.len());
+        if header_len > format::MAX_HEADER_LEN {
+            return Err(DiskError::MetaTooLarge(meta.len()));
+        }
+        let header_len = header_len as u64;
+        let reserve = declared.map_or(0, |l| u64::from(blocks_for(header_len + l)) * BLOCK);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let silo = match obj.silo {
+            Silo::Images => 'i',
+            Silo::Thumbs => 't',
+        };
+        let temp = self
+            .tmp
+            .join(format!("{}-{id}-{silo}{}", std::process::id(), obj.hex()));
+        let victims = {
+            let mut books = self.books.lock();
+            books.reserved += reserve;
+            self.evict_locked(&mut books)
+        };
+        let need_dir = !self.dir_known(&obj);
+        let (temp2, tmp_dir, leaf) = (temp.clone(), self.tmp.clone(), obj.path(&self.cfg.dir));
+        let created = tokio::task::spawn_blocking(move || {
+            if need_dir {
+                if let Some(parent) = leaf.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+            match io::create_temp(&temp2) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&tmp_dir)?;
+                    io::create_temp(&temp2)
+                }
+                other => other,
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        self.unlink(victims).await;
+        let file = match created {
+            Ok(f) => f,
+            Err(e) => {
+                self.release(reserve);
+                return Err(self.write_failed("create", &temp, e));
+            }
+        };
+        if need_dir {
+            self.mark_dir(&obj);
+        }
+        Ok(DiskWriter {
+            store: self,
+            obj,
+            temp,
+            file: Arc::new(file),
+            meta,
+            header_len,
+            written: 0,
+            expected: declared,
+            crc: crc32fast::Hasher::new(),
+            reserved: reserve,
+            done: false,
+        })
+    }
+
+    /// Removes `obj` (index entry and file). Returns whether anything was there.
+    pub async fn remove(&'static self, obj: ObjectRef) -> bool {
+        let indexed = self.forget_purged(obj);
+        let path = obj.path(&self.cfg.dir);
+        let unlinked = tokio::task::spawn_blocking(move || io::remove_quietly(&path))
+            .await
+            .unwrap_or(false);
+        self.count_purge(indexed || unlinked)
+    }
+
+    /// [`Self::remove`] on the calling thread (one `unlink`), for synchronous callers.
+    pub fn remove_now(&self, obj: ObjectRef) -> bool {
+        let indexed = self.forget_purged(obj);
+        let unlinked = io::remove_quietly(&obj.path(&self.cfg.dir));
+        self.count_purge(indexed || unlinked)
+    }
+
+    fn count_purge(&self, found: bool) -> bool {
+        if found {
+            self.counters.purged.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Forgets `obj` in the index and keeps fills in progress from storing it.
+    fn forget_purged(&self, obj: ObjectRef) -> bool {
+        let key = obj.key_hash();
+        let mut found = false;
+        if let Some(fills) = self.fills.read().get(&key) {
+            for f in fills {
+                found |= !f.purged.swap(true, Ordering::AcqRel);
+            }
+        }
+        found | self.forget(obj)
+    }
+
+    /// Drops `obj` from the index (its file is gone or going). Whether it was indexed.
+    fn forget(&self, obj: ObjectRef) -> bool {
+        let key = obj.key_hash();
+        let mut books = self.books.lock();
+        books.note_removed(key);
+        books.index.remove(&key).is_some()
+    }
+
+    /// The object an index key names, if indexed (purges by hash need the path).
+    pub(crate) fn indexed_object(&self, key: &HashBinary) -> Option<ObjectRef> {
+        self.books.lock().index.get(key).map(|r| r.obj)
+    }
+
+    /// Indexes a file just renamed into place; evicts to stay within budget.
+    pub(crate) async fn commit(&'static self, obj: ObjectRef, len: u64, reserved: u64) -> u64 {
+        let rec = Rec {
+            obj,
+            blocks: blocks_for(len),
+        };
+        let victims = {
+            let mut books = self.books.lock();
+            books.reserved = books.reserved.saturating_sub(reserved);
+            books.index.insert_hot(obj.key_hash(), rec);
+            self.evict_locked(&mut books)
+        };
+        self.unlink(victims).await;
+        rec.bytes()
+    }
+
+    /// Gives back a fill's reservation.
+    pub(crate) fn release(&self, reserved: u64) {
+        if reserved > 0 {
+            let mut books = self.books.lock();
+            books.reserved = books.reserved.saturating_sub(reserved);
+        }
+    }
+
+    /// Pops least recently used objects until the books fit the budget.
+    fn evict_locked(&self, books: &mut Books) -> Vec<Rec> {
+        let mut victims = Vec::new();
+        while books.index.bytes() + books.reserved > self.cfg.budget_bytes {
+            let Some((key, rec)) = books.index.pop_lru() else {
+                break;
+            };
+            books.note_removed(key);
+            victims.push(rec);
+        }
+        self.count_evictions(&victims);
+        victims
+    }
+
+    fn count_evictions(&self, victims: &[Rec]) {
+        if !victims.is_empty() {
+            let bytes: u64 = victims.iter().map(Rec::bytes).sum();
+            let c = &self.counters;
+            c.evictions.fetch_add(victims.len() as u64, Ordering::Relaxed);
+            c.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    async fn unlink(&self, victims: Vec<Rec>) {
+        if victims.is_empty() {
+            return;
+        }
+        let dir = self.cfg.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for v in victims {
+                io::remove_quietly(&v.obj.path(&dir));
+            }
+        })
+        .await;
+    }
+
+    /// Evicts at least `bytes` more than the budget demands (the disk is fuller than the
+    /// budget assumed); the files are removed in the background.
+    fn shed(&'static self, bytes: u64) {
+        let victims = {
+            let mut books = self.books.lock();
+            let mut freed = 0;
+            let mut victims = Vec::new();
+            while freed < bytes {
+                let Some((key, rec)) = books.index.pop_lru() else {
+                    break;
+                };
+                books.note_removed(key);
+                freed += rec.bytes();
+                victims.push(rec);
+            }
+            victims
+        };
+        self.count_evictions(&victims);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { self.unlink(victims).await });
+        }
+    }
+
+    fn dir_known(&self, obj: &ObjectRef) -> bool {
+        let slot = obj.dir_slot();
+        self.dirs_made[slot / 64].load(Ordering::Relaxed) & (1 << (slot % 64)) != 0
+    }
+
+    fn mark_dir(&self, obj: &ObjectRef) {
+        let slot = obj.dir_slot();
+        self.dirs_made[slot / 64].fetch_or(1 << (slot % 64), Ordering::Relaxed);
+    }
+
+    /// Counts and logs a failed write, and stops new fills for a while.
+    fn note_write_error(&self, op: &'static str, path: &Path, e: &std::io::Error) {
+        let n = self.counters.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        self.degraded_until
+            .store(unix_now() + DEGRADED_SECS, Ordering::Relaxed);
+        if self.write_log.ready() {
+            tracing::warn!(
+                "disk cache write failed ({n} so far): {op} {}: {e}; serving from memory \
+                 and origin, retrying the disk in {DEGRADED_SECS} s",
+                path.display()
+            );
+        }
+    }
+
+    /// [`Self::note_write_error`] plus, when the disk is full, evicting some objects (the
+    /// filesystem is fuller than the budget assumed). Returns the error to pass on.
+    pub(crate) fn write_failed(
+        &'static self,
+        op: &'static str,
+        path: &Path,
+        e: std::io::Error,
+    ) -> DiskError {
+        self.note_write_error(op, path, &e);
+        if e.raw_os_error() == Some(28) {
+            self.shed(SHED_BYTES.max(self.cfg.budget_bytes / 100));
+        }
+        DiskError::io(op, path.to_owned(), e)
+    }
+
+    pub(crate) fn note_read_error(&self, obj: &ObjectRef, e: &std::io::Error) {
+        let n = self.counters.read_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.read_log.ready() {
+            let path = obj.path(&self.cfg.dir);
+            tracing::warn!("disk cache read failed ({n} so far): {}: {e}", path.display());
+        }
+    }
+
+    fn note_corrupt(&self, obj: &ObjectRef, corrupt: Corrupt) {
+        let n = self.counters.corrupt_removed.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.corrupt_log.ready() {
+            let path = obj.path(&self.cfg.dir);
+            tracing::warn!(
+                "removed invalid cache file ({n} so far): {}: {corrupt}",
+                path.display()
+            );
+        }
+    }
+
+    /// Deletes a file found invalid while it was being served.
+    pub(crate) async fn drop_corrupt(&'static self, obj: ObjectRef, corrupt: Corrupt) {
+        self.forget(obj);
+        let path = obj.path(&self.cfg.dir);
+        let _ = tokio::task::spawn_blocking(move || io::remove_quietly(&path)).await;
+        self.note_corrupt(&obj, corrupt);
+    }
+}

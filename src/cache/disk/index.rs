@@ -1,0 +1,312 @@
+//! The in-memory index of the disk tier: key hash -> object, in exact LRU order.
+//!
+//! Eviction policy: **LRU** (least recently used first). Every disk hit and every
+//! completed fill moves the object to the most-recently-used end; eviction takes from
+//! the other end. The disk sees only what the memory tier (TinyLFU + S3-FIFO, scan
+//! resistant) did not serve, so plain recency is enough here and it keeps "the most
+//! recently used objects are the ones kept" exact and testable.
+//!
+//! Size per object (x86-64): a 32-byte slab node (md5, silo, size in 4 KiB blocks, two
+//! u32 links) plus a hashbrown slot of 20 bytes and a control byte at <= 87.5% load:
+//! about 55-75 bytes, so 2 million objects cost about 110-150 MB. The pingora key
+//! hash is not stored in the node: it is recomputed from silo + md5 when an object is
+//! evicted.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use pingora_cache::key::HashBinary;
+
+use super::format::{ObjectRef, Silo};
+
+const NIL: u32 = u32::MAX;
+/// Objects are charged in blocks of this many bytes (what a filesystem allocates).
+pub const BLOCK: u64 = 4096;
+
+/// The blocks a file of `len` bytes is charged.
+pub fn blocks_for(len: u64) -> u32 {
+    u32::try_from(len.div_ceil(BLOCK)).unwrap_or(u32::MAX)
+}
+
+/// What the index knows about one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rec {
+    pub obj: ObjectRef,
+    pub blocks: u32,
+}
+
+impl Rec {
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.blocks) * BLOCK
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Node {
+    md5: [u8; 16],
+    silo: Silo,
+    blocks: u32,
+    prev: u32,
+    next: u32,
+}
+
+impl Node {
+    fn rec(&self) -> Rec {
+        Rec {
+            obj: ObjectRef {
+                silo: self.silo,
+                md5: self.md5,
+            },
+            blocks: self.blocks,
+        }
+    }
+}
+
+/// The keys are already uniform (Blake2 output): hash them by their first 8 bytes.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+}
+
+/// LRU index. Not synchronized: the disk store keeps it behind one mutex.
+pub struct Index {
+    map: HashMap<HashBinary, u32, BuildHasherDefault<KeyHasher>>,
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used.
+    tail: u32,
+    blocks: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self {
+            map: HashMap::default(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            blocks: 0,
+        }
+    }
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes charged for every indexed file.
+    pub fn bytes(&self) -> u64 {
+        self.blocks * BLOCK
+    }
+
+    pub fn contains(&self, key: &HashBinary) -> bool {
+        self.map.contains_key(key)
+    }
+
+    pub fn get(&self, key: &HashBinary) -> Option<Rec> {
+        self.map.get(key).map(|&i| self.nodes[i as usize].rec())
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let Node { prev, next, .. } = self.nodes[i as usize];
+        match prev {
+            NIL => self.head = next,
+            p => self.nodes[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.nodes[n as usize].prev = prev,
+        }
+    }
+
+    fn link_front(&mut self, i: u32) {
+        self.nodes[i as usize].prev = NIL;
+        self.nodes[i as usize].next = self.head;
+        match self.head {
+            NIL => self.tail = i,
+            h => self.nodes[h as usize].prev = i,
+        }
+        self.head = i;
+    }
+
+    fn link_back(&mut self, i: u32) {
+        self.nodes[i as usize].next = NIL;
+        self.nodes[i as usize].prev = self.tail;
+        match self.tail {
+            NIL => self.head = i,
+            t => self.nodes[t as usize].next = i,
+        }
+        self.tail = i;
+    }
+
+    fn alloc(&mut self, rec: Rec) -> u32 {
+        let node = Node {
+            md5: rec.obj.md5,
+            silo: rec.obj.silo,
+            blocks: rec.blocks,
+            prev: NIL,
+            next: NIL,
+        };
+        self.blocks += u64::from(rec.blocks);
+        match self.free.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                u32::try_from(self.nodes.len() - 1).unwrap_or(NIL)
+            }
+        }
+    }
+
+    /// Inserts or replaces `key` as the most recently used; returns the replaced record.
+    pub fn insert_hot(&mut self, key: HashBinary, rec: Rec) -> Option<Rec> {
+        let old = self.remove(&key);
+        let i = self.alloc(rec);
+        self.map.insert(key, i);
+        self.link_front(i);
+        old
+    }
+
+    /// Inserts `key` as the least recently used unless it is already known (the restart
+    /// scan: anything live traffic touched since the start is more recent).
+    pub fn insert_cold(&mut self, key: HashBinary, rec: Rec) -> bool {
+        if self.map.contains_key(&key) {
+            return false;
+        }
+        let i = self.alloc(rec);
+        self.map.insert(key, i);
+        self.link_back(i);
+        true
+    }
+
+    /// Marks `key` as just used. Returns whether it is indexed.
+    pub fn touch(&mut self, key: &HashBinary) -> bool {
+        let Some(&i) = self.map.get(key) else {
+            return false;
+        };
+        if self.head != i {
+            self.unlink(i);
+            self.link_front(i);
+        }
+        true
+    }
+
+    pub fn remove(&mut self, key: &HashBinary) -> Option<Rec> {
+        let i = self.map.remove(key)?;
+        self.unlink(i);
+        let rec = self.nodes[i as usize].rec();
+        self.blocks -= u64::from(rec.blocks);
+        self.free.push(i);
+        Some(rec)
+    }
+
+    /// Removes and returns the least recently used object.
+    pub fn pop_lru(&mut self) -> Option<(HashBinary, Rec)> {
+        if self.tail == NIL {
+            return None;
+        }
+        let rec = self.nodes[self.tail as usize].rec();
+        let key = rec.obj.key_hash();
+        self.remove(&key).map(|r| (key, r))
+    }
+
+    /// Objects from most to least recently used (for tests and debugging).
+    pub fn iter_mru(&self) -> impl Iterator<Item = Rec> + '_ {
+        let mut i = self.head;
+        std::iter::from_fn(move || {
+            let node = self.nodes.get(i as usize)?;
+            i = node.next;
+            Some(node.rec())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(n: u8, blocks: u32) -> (HashBinary, Rec) {
+        let obj = ObjectRef {
+            silo: Silo::Images,
+            md5: [n; 16],
+        };
+        (obj.key_hash(), Rec { obj, blocks })
+    }
+
+    fn order(ix: &Index) -> Vec<u8> {
+        ix.iter_mru().map(|r| r.obj.md5[0]).collect()
+    }
+
+    #[test]
+    fn lru_order_follows_inserts_and_touches() {
+        let mut ix = Index::default();
+        for n in 1..=3 {
+            let (k, r) = rec(n, 1);
+            ix.insert_hot(k, r);
+        }
+        assert_eq!(order(&ix), [3, 2, 1]);
+        ix.touch(&rec(1, 1).0);
+        assert_eq!(order(&ix), [1, 3, 2]);
+        let (k, r) = rec(4, 2);
+        assert!(ix.insert_cold(k, r));
+        assert!(!ix.insert_cold(k, r));
+        assert_eq!(order(&ix), [1, 3, 2, 4]);
+        assert_eq!(ix.bytes(), 5 * BLOCK);
+        assert_eq!(ix.pop_lru().map(|(_, r)| r.obj.md5[0]), Some(4));
+        assert_eq!(ix.pop_lru().map(|(_, r)| r.obj.md5[0]), Some(2));
+        assert_eq!(ix.bytes(), 2 * BLOCK);
+        assert_eq!(ix.len(), 2);
+    }
+
+    #[test]
+    fn replace_and_remove_keep_the_byte_count_exact() {
+        let mut ix = Index::default();
+        let (k, r) = rec(7, 3);
+        ix.insert_hot(k, r);
+        let old = ix.insert_hot(k, Rec { blocks: 5, ..r });
+        assert_eq!(old.map(|o| o.blocks), Some(3));
+        assert_eq!((ix.len(), ix.bytes()), (1, 5 * BLOCK));
+        assert_eq!(ix.remove(&k).map(|r| r.blocks), Some(5));
+        assert!(ix.is_empty());
+        assert_eq!(ix.bytes(), 0);
+        assert!(ix.pop_lru().is_none());
+        // Slots are reused.
+        ix.insert_hot(k, r);
+        assert_eq!(ix.nodes.len(), 1);
+    }
+
+    #[test]
+    fn node_stays_small() {
+        assert!(std::mem::size_of::<Node>() <= 32);
+    }
+
+    #[test]
+    fn blocks_round_up() {
+        assert_eq!(blocks_for(0), 0);
+        assert_eq!(blocks_for(1), 1);
+        assert_eq!(blocks_for(4096), 1);
+        assert_eq!(blocks_for(4097), 2);
+    }
+}

@@ -1,0 +1,416 @@
+//! Reading and writing cache files: checking a file before it is served, the hit
+//! reader (chunked `pread`, seekable, body CRC checked on full reads) and the writer
+//! (temp file, `pwrite`, header last, rename when complete).
+
+use std::any::Any;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::storage::HandleHit;
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheKey, Storage};
+use pingora_error::Result;
+
+use super::format::{self, Corrupt, Header, MetaBytes, ObjectRef, FIXED_LEN};
+use super::{legacy, DiskError, DiskStorage};
+use crate::cache::stream::{read_chunk, READ_CHUNK};
+use crate::media_type::{self, SNIFF_LEN};
+
+/// A hit's file mtime is refreshed at most this often: it orders the LRU after a
+/// restart, and a write per hit would cost more than it tells.
+const TOUCH_EVERY: Duration = Duration::from_secs(3600);
+
+/// What a file at an object's path turned out to be.
+pub(crate) enum Inspected {
+    /// A checked file of ours.
+    Ours(Header),
+    /// An shm-cached file that passed the checks: served as is from byte 0.
+    Legacy { content_type: &'static str },
+}
+
+/// Bytes read first: our header is a few hundred bytes.
+const FIRST_READ: usize = 1024;
+
+/// Checks the file at `obj`'s path, already open: our header (magic, checksum, object,
+/// length), or an adoptable legacy file (known media type, not cut short).
+pub(crate) fn inspect(
+    file: &File,
+    obj: &ObjectRef,
+    len: u64,
+) -> io::Result<Result<Inspected, Corrupt>> {
+    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+    let first = len_usize.min(FIRST_READ);
+    let mut head = vec![0u8; first];
+    file.read_exact_at(&mut head, 0)?;
+    if format::looks_ours(&head) {
+        let header_len = match format::claimed_header_len(&head) {
+            Ok(n) if n as u64 <= len => n,
+            Ok(_) => return Ok(Err(Corrupt::Lengths)),
+            Err(c) => return Ok(Err(c)),
+        };
+        if header_len > head.len() {
+            head.resize(header_len, 0);
+            file.read_exact_at(&mut head[first..], first as u64)?;
+        }
+        let header = match format::decode(&head, obj) {
+            Ok(h) => h,
+            Err(c) => return Ok(Err(c)),
+        };
+        let expected = header.header_len.saturating_add(header.body_len);
+        if expected != len {
+            return Ok(Err(Corrupt::Length {
+                actual: len,
+                expected,
+            }));
+        }
+        return Ok(Ok(Inspected::Ours(header)));
+    }
+    let sniff_len = len_usize.min(SNIFF_LEN);
+    if sniff_len > head.len() {
+        head.resize(sniff_len, 0);
+        file.read_exact_at(&mut head[first..], first as u64)?;
+    }
+    let content_type = media_type::sniff(&head);
+    if content_type == media_type::OCTET_STREAM || len < FIXED_LEN as u64 {
+        return Ok(Err(Corrupt::UnknownLegacy));
+    }
+    if !legacy::looks_complete(file, len, content_type, &head)? {
+        return Ok(Err(Corrupt::TruncatedLegacy));
+    }
+    Ok(Ok(Inspected::Legacy { content_type }))
+}
+
+/// A file opened for a hit, checked.
+pub(crate) struct Opened {
+    pub file: File,
+    pub len: u64,
+    pub mtime: SystemTime,
+    pub kind: Inspected,
+}
+
+/// What looking at an object's path found.
+pub(crate) enum Found {
+    Missing,
+    Valid(Opened),
+    /// Invalid and deleted.
+    Removed(Corrupt),
+}
+
+/// Opens and checks the file for `obj` (blocking). An invalid file is deleted here.
+/// `touch`: refresh an old mtime of ours (a hit; not the restart scan).
+pub(crate) fn open_checked(path: &Path, obj: &ObjectRef, touch: bool) -> io::Result<Found> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if is_absent(&e) => return Ok(Found::Missing),
+        Err(e) => return Err(e),
+    };
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Ok(Found::Missing);
+    }
+    let len = md.len();
+    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let kind = match inspect(&file, obj, len) {
+        Ok(Ok(kind)) => kind,
+        Ok(Err(corrupt)) => {
+            remove_quietly(path);
+            return Ok(Found::Removed(corrupt));
+        }
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            // Shrank while we looked: whatever it is, it is not whole.
+            remove_quietly(path);
+            return Ok(Found::Removed(Corrupt::Length {
+                actual: len,
+                expected: len + 1,
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    if touch && matches!(kind, Inspected::Ours(_)) {
+        let stale = SystemTime::now()
+            .duration_since(mtime)
+            .is_ok_and(|age| age > TOUCH_EVERY);
+        if stale {
+            // Best effort: only the LRU order after a restart depends on it.
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+    Ok(Found::Valid(Opened {
+        file,
+        len,
+        mtime,
+        kind,
+    }))
+}
+
+pub(crate) fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Unlinks `path`; whether a file was there.
+pub(crate) fn remove_quietly(path: &Path) -> bool {
+    match std::fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) if is_absent(&e) => false,
+        Err(e) => {
+            tracing::warn!("cannot remove cache file {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+/// Reads a completed object's body from its file, 64 KiB at a time.
+pub struct DiskHit {
+    pub(crate) store: &'static DiskStorage,
+    pub(crate) obj: ObjectRef,
+    pub(crate) file: Arc<File>,
+    pub(crate) meta: Arc<MetaBytes>,
+    pub(crate) body_off: u64,
+    pub(crate) body_len: u64,
+    pub(crate) pos: u64,
+    pub(crate) end: u64,
+    /// Running CRC and the expected value, while reading the whole body in order.
+    pub(crate) crc: Option<(crc32fast::Hasher, u32)>,
+}
+
+impl DiskHit {
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// The serialized meta this hit was served with (for promotion into memory).
+    pub(crate) fn meta_bytes(&self) -> Arc<MetaBytes> {
+        self.meta.clone()
+    }
+
+    async fn fail(&self, corrupt: Corrupt) -> Box<pingora_error::Error> {
+        self.store.drop_corrupt(self.obj, corrupt).await;
+        DiskError::Corrupt {
+            path: self.obj.path(self.store.dir()),
+            reason: corrupt,
+        }
+        .into_pingora()
+    }
+}
+
+#[async_trait]
+impl HandleHit for DiskHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let n = (self.end - self.pos).min(READ_CHUNK as u64) as usize;
+        let bytes = match read_chunk(self.file.clone(), self.body_off + self.pos, n).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                let corrupt = Corrupt::Length {
+                    actual: self.body_off + self.pos,
+                    expected: self.body_off + self.body_len,
+                };
+                return Err(self.fail(corrupt).await);
+            }
+            Err(e) => {
+                self.store.note_read_error(&self.obj, &e);
+                return Err(DiskError::io("read", self.obj.path(self.store.dir()), e).into_pingora());
+            }
+        };
+        self.pos += bytes.len() as u64;
+        if let Some((hasher, _)) = self.crc.as_mut() {
+            hasher.update(&bytes);
+        }
+        if self.pos == self.body_len {
+            if let Some((hasher, want)) = self.crc.take() {
+                if hasher.finalize() != want {
+                    // Never a clean end: the client sees the response fail.
+                    return Err(self.fail(Corrupt::BodyCrc).await);
+                }
+            }
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    /// `end` is exclusive and cut to the body; each seek rewinds (multipart ranges).
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let (start, len) = (start as u64, self.body_len);
+        if start >= len {
+            return Err(crate::cache::stream::FillError::SeekPastEnd { start, len }.into_pingora());
+        }
+        let end = end.map_or(len, |e| (e as u64).min(len));
+        if end < start {
+            return Err(crate::cache::stream::FillError::BadRange { start, end }.into_pingora());
+        }
+        self.pos = start;
+        self.end = end;
+        self.crc = None;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        usize::try_from(self.body_len).unwrap_or(usize::MAX)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Writes one object to a temp file; [`DiskWriter::finish`] renames it into place.
+/// Dropped before that, it removes the temp file and gives back its reservation.
+pub struct DiskWriter {
+    pub(crate) store: &'static DiskStorage,
+    pub(crate) obj: ObjectRef,
+    pub(crate) temp: PathBuf,
+    pub(crate) file: Arc<File>,
+    pub(crate) meta: Arc<MetaBytes>,
+    pub(crate) header_len: u64,
+    pub(crate) written: u64,
+    pub(crate) expected: Option<u64>,
+    pub(crate) crc: crc32fast::Hasher,
+    /// Bytes reserved against the budget while the file is written.
+    pub(crate) reserved: u64,
+    pub(crate) done: bool,
+}
+
+/// Creates a temp file for writing and reading (readers of the fill share the fd).
+pub(crate) fn create_temp(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+impl DiskWriter {
+    /// The temp file and the body's offset in it, for readers of the fill.
+    pub(crate) fn reader_file(&self) -> (Arc<File>, u64) {
+        (self.file.clone(), self.header_len)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends body bytes.
+    pub async fn write(&mut self, data: &Bytes) -> Result<(), DiskError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (file, data2, off) = (self.file.clone(), data.clone(), self.header_len + self.written);
+        #[cfg(test)]
+        let limit = self.store.fail_writes_after.load(Ordering::Relaxed);
+        #[cfg(test)]
+        let fail = self.written + data.len() as u64 > limit;
+        #[cfg(not(test))]
+        let fail = false;
+        let res = if fail {
+            Err(io::Error::from_raw_os_error(28))
+        } else {
+            tokio::task::spawn_blocking(move || file.write_all_at(&data2, off))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+        };
+        if let Err(e) = res {
+            return Err(self.store.write_failed("write", &self.temp, e));
+        }
+        self.crc.update(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the header, renames the file into place and indexes it. `purged` is
+    /// checked before and after the rename so a ban racing the fill always wins.
+    /// Returns the bytes the object is charged.
+    pub async fn finish(mut self, purged: &AtomicBool) -> Result<u64, DiskError> {
+        if let Some(expected) = self.expected.filter(|&e| e != self.written) {
+            return Err(DiskError::LengthMismatch {
+                written: self.written,
+                expected,
+            });
+        }
+        if purged.load(Ordering::Acquire) {
+            return Err(DiskError::Purged);
+        }
+        let crc = std::mem::take(&mut self.crc).finalize();
+        let header_len = usize::try_from(self.header_len).unwrap_or(usize::MAX);
+        let header = format::encode(&self.obj, &self.meta, header_len, self.written, Some(crc))
+            .ok_or(DiskError::MetaTooLarge(self.meta.len()))?;
+        let file = self.file.clone();
+        let temp = self.temp.clone();
+        let dest = self.obj.path(self.store.dir());
+        let fsync = self.store.config().fsync;
+        let res = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            file.write_all_at(&header, 0)?;
+            if fsync {
+                file.sync_data()?;
+            }
+            std::fs::rename(&temp, &dest)?;
+            if fsync {
+                if let Some(parent) = dest.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = res {
+            return Err(self.store.write_failed("commit", &self.temp, e));
+        }
+        self.done = true;
+        let len = self.header_len + self.written;
+        let reserved = std::mem::take(&mut self.reserved);
+        let charged = self.store.commit(self.obj, len, reserved).await;
+        if purged.load(Ordering::Acquire) {
+            self.store.remove(self.obj).await;
+            return Err(DiskError::Purged);
+        }
+        Ok(charged)
+    }
+}
+
+impl Drop for DiskWriter {
+    fn drop(&mut self) {
+        self.store.release(self.reserved);
+        if self.done {
+            return;
+        }
+        let temp = std::mem::take(&mut self.temp);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || remove_quietly(&temp));
+            }
+            Err(_) => {
+                remove_quietly(&temp);
+            }
+        }
+    }
+}

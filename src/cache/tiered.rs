@@ -1,0 +1,371 @@
+//! Memory over disk: the `Storage` the proxy enables.
+//!
+//! - **Lookup**: a fill in progress (streamed while it is written), then the memory tier,
+//!   then the disk tier. A disk hit small enough for the memory tier is promoted into it:
+//!   from the bytes streamed to the client when it reads the whole body, otherwise by a
+//!   background read once the hit is done (a HEAD, a Range). Larger ones never are.
+//! - **Miss** (status 200, disk writable): one fill writes the temp file and, while the
+//!   body fits the memory tier, keeps it in memory too; readers (the writer's own client
+//!   and every client that waited on the cache lock) stream from memory or the file. On
+//!   `finish` the file is renamed into place and the body (when kept) is offered to the
+//!   memory tier, whose TinyLFU admission decides. A disk write that fails mid-body is
+//!   counted and dropped: the fill goes on from memory, so no client sees the failure
+//!   unless the rest of an object larger than the memory tier's limit would have to be
+//!   held in RAM (then the fill fails like a dropped origin connection would).
+//! - **Miss otherwise** (no disk, disk off after errors, a 404): the memory tier's own fill.
+//! - **Purge**: every tier and fills in progress; [`TieredStorage::purge_hash`] goes by
+//!   path, so it also reaches files the restart scan has not indexed yet.
+
+mod fill;
+mod promote;
+#[cfg(test)]
+mod tests;
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::storage::{
+    HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
+};
+use pingora_cache::trace::{Span, SpanHandle};
+use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
+use pingora_error::{Error, ErrorType, Result};
+
+use crate::cache::declared_len;
+use crate::cache::disk::{DiskStats, DiskStorage, MetaBytes, ObjectRef, Silo};
+use crate::cache::memory::{MemoryStats, MemoryStorage};
+use crate::cache::stream::StreamFill;
+use fill::TieredMissHandler;
+use promote::TieredHit;
+
+/// Our streaming-write tags are 9 bytes (`T` + id); the memory tier's are 8.
+const TAG_PREFIX: u8 = b'T';
+/// What the memory tier charges per object beyond body and meta (an upper bound).
+const MEMORY_OVERHEAD: u64 = 256;
+
+/// A purge was asked for something that is not an image hash.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an image hash (32 lowercase hex digits)")]
+pub struct BadHash(pub String);
+
+/// Numbers for Prometheus, per tier and for the composition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TieredStats {
+    pub memory: MemoryStats,
+    pub disk: Option<DiskStats>,
+    /// Fills in progress that write to disk.
+    pub fills: usize,
+    /// Disk hits copied into the memory tier (offered; TinyLFU may still refuse).
+    pub promotions: u64,
+    /// Fills that went to memory only because the disk took no writes.
+    pub memory_only_fills: u64,
+    /// Fills whose disk write failed mid-body and went on from memory.
+    pub disk_dropped_fills: u64,
+    /// Fills that failed for their readers (writer gone, or disk failed on a huge body).
+    pub aborted_fills: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    promotions: AtomicU64,
+    memory_only_fills: AtomicU64,
+    disk_dropped_fills: AtomicU64,
+    aborted_fills: AtomicU64,
+}
+
+/// The memory tier over an optional disk tier.
+pub struct TieredStorage {
+    memory: &'static MemoryStorage,
+    disk: Option<&'static DiskStorage>,
+    fills: RwLock<HashMap<HashBinary, Vec<Arc<StreamFill>>>>,
+    next_id: AtomicU64,
+    /// Keys being promoted in the background, so each is read once.
+    promoting: Mutex<HashSet<HashBinary>>,
+    counters: Counters,
+}
+
+impl TieredStorage {
+    pub fn new(memory: &'static MemoryStorage, disk: Option<&'static DiskStorage>) -> Self {
+        Self {
+            memory,
+            disk,
+            fills: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            promoting: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn memory(&self) -> &'static MemoryStorage {
+        self.memory
+    }
+
+    pub fn disk(&self) -> Option<&'static DiskStorage> {
+        self.disk
+    }
+
+    /// Starts the disk tier's restart scan (it also starts on the first request).
+    pub fn start_background(&self) {
+        if let Some(d) = self.disk {
+            d.start_background();
+        }
+    }
+
+    /// The largest body worth caching: the disk tier's limit when there is a disk,
+    /// else `memory_max` (the memory tier's, from the settings).
+    pub fn max_file_size_bytes(&self, memory_max: u64) -> u64 {
+        self.disk
+            .map_or(memory_max, |d| d.max_object_bytes().max(memory_max))
+    }
+
+    pub fn stats(&self) -> TieredStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TieredStats {
+            memory: self.memory.stats(),
+            disk: self.disk.map(DiskStorage::stats),
+            fills: self.fills.read().values().map(Vec::len).sum(),
+            promotions: get(&c.promotions),
+            memory_only_fills: get(&c.memory_only_fills),
+            disk_dropped_fills: get(&c.disk_dropped_fills),
+            aborted_fills: get(&c.aborted_fills),
+        }
+    }
+
+    /// Removes an image (both silos) from every tier and keeps fills in progress from
+    /// storing it: for bans and the admin API. The disk file is unlinked by path, so
+    /// this works while the restart scan runs. Returns whether any tier held it.
+    pub async fn purge_hash(&self, hash: &str) -> Result<bool, BadHash> {
+        let mut found = false;
+        for obj in Self::objects(hash)? {
+            found |= self.purge_memory(&obj);
+            if let Some(d) = self.disk {
+                found |= d.remove(obj).await;
+            }
+        }
+        Ok(found)
+    }
+
+    /// [`Self::purge_hash`] for synchronous callers: the disk part is one `unlink` per
+    /// silo on the calling thread.
+    pub fn purge_hash_now(&self, hash: &str) -> Result<bool, BadHash> {
+        let mut found = false;
+        for obj in Self::objects(hash)? {
+            found |= self.purge_memory(&obj);
+            if let Some(d) = self.disk {
+                found |= d.remove_now(obj);
+            }
+        }
+        Ok(found)
+    }
+
+    fn objects(hash: &str) -> Result<[ObjectRef; 2], BadHash> {
+        let obj = |silo| ObjectRef::new(silo, hash).ok_or_else(|| BadHash(hash.to_owned()));
+        Ok([obj(Silo::Images)?, obj(Silo::Thumbs)?])
+    }
+
+    /// Fills first, so that a fill finishing now cannot store the object afterwards.
+    fn purge_memory(&self, obj: &ObjectRef) -> bool {
+        let key = obj.key_hash();
+        self.mark_fills_purged(&key) | self.memory.remove_hash(&key)
+    }
+
+    fn mark_fills_purged(&self, key: &HashBinary) -> bool {
+        let mut found = false;
+        if let Some(fills) = self.fills.read().get(key) {
+            for f in fills {
+                found |= !f.purged.swap(true, Ordering::AcqRel);
+            }
+        }
+        found
+    }
+
+    fn active_fill(&self, key: &HashBinary) -> Option<Arc<StreamFill>> {
+        let fills = self.fills.read();
+        fills
+            .get(key)?
+            .iter()
+            .filter(|f| f.is_attachable())
+            .max_by_key(|f| f.id)
+            .cloned()
+    }
+
+    fn forget_fill(&self, fill: &StreamFill) {
+        let mut fills = self.fills.write();
+        if let Some(list) = fills.get_mut(&fill.key) {
+            list.retain(|f| f.id != fill.id);
+            if list.is_empty() {
+                fills.remove(&fill.key);
+            }
+        }
+    }
+
+    /// Whether a body of `body_len` with this meta fits the memory tier.
+    fn fits_memory(&self, body_len: u64, meta_len: usize) -> bool {
+        body_len + meta_len as u64 + MEMORY_OVERHEAD <= self.memory.max_object_bytes() as u64
+    }
+
+    /// Offers a complete body to the memory tier. Returns whether it was admitted.
+    async fn insert_memory(&self, key: &CacheKey, meta: &MetaBytes, chunks: Vec<Bytes>) -> bool {
+        let span = Span::inactive().handle();
+        let insert = async {
+            let meta = meta.to_meta()?;
+            let mut miss = self.memory.get_miss_handler(key, &meta, &span).await?;
+            for chunk in chunks {
+                miss.write_body(chunk, false).await?;
+            }
+            miss.write_body(Bytes::new(), true).await?;
+            miss.finish().await
+        };
+        match insert.await {
+            Ok(MissFinishType::Created(n)) => n > 0,
+            Ok(MissFinishType::Appended(..)) => true,
+            Err(e) => {
+                tracing::debug!("memory tier refused an object: {e}");
+                false
+            }
+        }
+    }
+
+    /// A memory-only fill, as without a disk.
+    async fn memory_miss(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<MissHandler> {
+        let meta_len = MetaBytes::from_meta(meta)?.len();
+        if let Some(len) = declared_len(meta).filter(|&l| !self.fits_memory(l, meta_len)) {
+            // Holding it in RAM until the end just to refuse it then is not worth it.
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                format!("a {len}-byte body does not fit the memory tier and the disk takes no writes"),
+            ));
+        }
+        self.memory
+            .get_miss_handler(key, meta, &Span::inactive().handle())
+            .await
+    }
+}
+
+#[async_trait]
+impl Storage for TieredStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        self.start_background();
+        if let Some(fill) = self.active_fill(&key.combined_bin()) {
+            return fill.hit().map(Some);
+        }
+        if let Some(hit) = self.memory.lookup(key, trace).await? {
+            return Ok(Some(hit));
+        }
+        let (Some(disk), Some(obj)) = (self.disk, ObjectRef::from_key(key)) else {
+            return Ok(None);
+        };
+        let Some((meta, hit)) = disk.lookup_object(obj).await else {
+            return Ok(None);
+        };
+        let promote = self.fits_memory(hit.body_len(), hit.meta_bytes().len());
+        let hit = TieredHit::new(self, key.clone(), hit, promote);
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(tag) = streaming_write_tag else {
+            return self.lookup(key, trace).await;
+        };
+        let Some(id) = fill::parse_tag(tag) else {
+            return self
+                .memory
+                .lookup_streaming_write(key, Some(tag), trace)
+                .await;
+        };
+        let fill = self
+            .fills
+            .read()
+            .get(&key.combined_bin())
+            .and_then(|list| list.iter().find(|f| f.id == id).cloned());
+        fill.map(|f| f.hit()).transpose()
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        self.start_background();
+        let Some(disk) = self.disk else {
+            return self.memory.get_miss_handler(key, meta, trace).await;
+        };
+        let obj = ObjectRef::from_key(key).filter(|_| meta.response_header().status == 200);
+        let Some(obj) = obj else {
+            // Negative answers and odd keys are short-lived: memory only.
+            return self.memory_miss(key, meta).await;
+        };
+        match TieredMissHandler::start(self, disk, obj, key, meta).await? {
+            Some(handler) => Ok(Box::new(handler)),
+            None => {
+                self.counters
+                    .memory_only_fills
+                    .fetch_add(1, Ordering::Relaxed);
+                self.memory_miss(key, meta).await
+            }
+        }
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        let key = target.key().combined_bin();
+        let mut found = self.mark_fills_purged(&key);
+        found |= !matches!(
+            self.memory.purge(target, purge_type, trace).await?,
+            PurgeOutcome::NotFound
+        );
+        if let Some(d) = self.disk {
+            found |= d.purge_key(&key).await;
+        }
+        Ok(if found {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        trace: &SpanHandle,
+    ) -> Result<bool> {
+        let mut updated = self.memory.update_meta(key, meta, trace).await?;
+        if let Some(d) = self.disk {
+            updated |= d.update_meta(key, meta, trace).await?;
+        }
+        Ok(updated)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}

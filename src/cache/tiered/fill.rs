@@ -1,0 +1,177 @@
+//! A tiered fill: the temp file on disk plus, while the body fits the memory tier, a
+//! copy in memory; readers stream from either (see `crate::cache::stream`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::storage::{HandleMiss, MissFinishType};
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::Result;
+
+use super::{TieredStorage, TAG_PREFIX};
+use crate::cache::declared_len;
+use crate::cache::disk::{DiskError, DiskStorage, DiskWriter, MetaBytes, ObjectRef};
+use crate::cache::stream::{FillError, StreamFill};
+
+pub(super) fn parse_tag(tag: &[u8]) -> Option<u64> {
+    let (&first, id) = tag.split_first()?;
+    let id: [u8; 8] = id.try_into().ok()?;
+    (first == TAG_PREFIX).then(|| u64::from_le_bytes(id))
+}
+
+pub(super) struct TieredMissHandler {
+    store: &'static TieredStorage,
+    key: CacheKey,
+    disk: Option<DiskWriter>,
+    fill: Arc<StreamFill>,
+    expected: Option<u64>,
+    tag: [u8; 9],
+    finished: bool,
+}
+
+impl TieredMissHandler {
+    /// A fill that writes to disk, or `None` when the disk takes no writes (or this
+    /// object) right now and the caller should fill memory only.
+    pub(super) async fn start(
+        store: &'static TieredStorage,
+        disk: &'static DiskStorage,
+        obj: ObjectRef,
+        key: &CacheKey,
+        meta: &CacheMeta,
+    ) -> Result<Option<Self>> {
+        let expected = declared_len(meta);
+        if !disk.is_accepting_writes() || expected.is_some_and(|l| l > disk.max_object_bytes()) {
+            return Ok(None);
+        }
+        let meta_bytes = Arc::new(MetaBytes::from_meta(meta)?);
+        let writer = match disk.begin_write(obj, meta_bytes.clone(), expected).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!("disk tier skipped for {}: {e}", obj.hex());
+                return Ok(None);
+            }
+        };
+        let buffer = expected.is_none_or(|l| store.fits_memory(l, meta_bytes.len()));
+        let id = store.next_id.fetch_add(1, Ordering::Relaxed);
+        let fill = Arc::new(StreamFill::new(
+            obj.key_hash(),
+            id,
+            meta_bytes,
+            Some(writer.reader_file()),
+            buffer,
+            store.memory.max_object_bytes(),
+        ));
+        store
+            .fills
+            .write()
+            .entry(fill.key)
+            .or_default()
+            .push(fill.clone());
+        let mut tag = [TAG_PREFIX; 9];
+        tag[1..].copy_from_slice(&id.to_le_bytes());
+        Ok(Some(Self {
+            store,
+            key: key.clone(),
+            disk: Some(writer),
+            fill,
+            expected,
+            tag,
+            finished: false,
+        }))
+    }
+
+    fn abort(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        self.disk = None; // removes the temp file; readers keep the open descriptor
+        self.fill.abort();
+        self.store.forget_fill(&self.fill);
+        let c = &self.store.counters;
+        c.aborted_fills.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl HandleMiss for TieredMissHandler {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        if !self.fill.is_writing() {
+            return Err(FillError::WriteAfterEnd.into_pingora());
+        }
+        let mut on_disk = false;
+        if let Some(writer) = self.disk.as_mut() {
+            match writer.write(&data).await {
+                Ok(()) => on_disk = true,
+                Err(e) => {
+                    // Counted and logged by the disk tier; the fill goes on from memory.
+                    tracing::debug!("disk write dropped for {}: {e}", self.key.primary_key_str().unwrap_or("?"));
+                    self.disk = None;
+                    let c = &self.store.counters;
+                    c.disk_dropped_fills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Err(e) = self.fill.record(data, eof, on_disk) {
+            self.abort();
+            return Err(e.into_pingora());
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let len = self.fill.len();
+        if let Some(expected) = self.expected.filter(|&e| e != len) {
+            self.abort();
+            let err = DiskError::LengthMismatch {
+                written: len,
+                expected,
+            };
+            return Err(err.into_pingora());
+        }
+        let mut charged = 0;
+        if let Some(writer) = self.disk.take() {
+            match writer.finish(&self.fill.purged).await {
+                Ok(n) => charged += n,
+                Err(DiskError::Purged) => {}
+                // Counted and logged by the disk tier; readers still have every byte.
+                Err(e) => tracing::debug!("disk commit dropped for {}: {e}", self.key.primary_key_str().unwrap_or("?")),
+            }
+        }
+        let memory_body = self.fill.memory_body();
+        let purged = || self.fill.purged.load(Ordering::Acquire);
+        if let (Some(chunks), false) = (memory_body, purged()) {
+            let body_len: usize = chunks.iter().map(Bytes::len).sum();
+            if self.store.fits_memory(body_len as u64, self.fill.meta.len())
+                && self
+                    .store
+                    .insert_memory(&self.key, &self.fill.meta, chunks)
+                    .await
+            {
+                charged += body_len as u64;
+                if purged() {
+                    self.store.memory.remove(&self.key);
+                }
+            }
+        }
+        self.fill.complete();
+        self.finished = true;
+        self.store.forget_fill(&self.fill);
+        Ok(MissFinishType::Created(
+            usize::try_from(charged).unwrap_or(usize::MAX),
+        ))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.tag)
+    }
+}
+
+impl Drop for TieredMissHandler {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abort();
+        }
+    }
+}

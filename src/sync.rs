@@ -1,0 +1,594 @@
+//! Background service: Shimmie's database -> fleet view swap, bans -> purge.
+//!
+//! Each round reads the two link templates and, if they changed, builds a new
+//! [`FleetView`] off the request path and hands it to the [`SyncTarget`], which swaps
+//! it in atomically (requests in flight keep the view they started with). Then it
+//! reads new bans by `id` (a full re-read every `full_reread` catches unbans), puts
+//! them in the [`Bans`] set (from then on they answer 404) and purges them from every
+//! cache tier. Rounds run every `interval`, and at once on a PostgreSQL notification.
+//!
+//! Faults never stop the mirror: a template that does not parse keeps the last good
+//! view (logged with its key and value, counted); a database that is down keeps the
+//! last view and bans, retried with capped backoff (never longer than one interval,
+//! so a database that is back is caught up within one interval). The last good
+//! settings and bans are persisted, so a restart with the database down serves them.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::fleet::{Algorithm, FleetError, FleetSpec, FleetView, Silo};
+use crate::shimmie::persist::{self, Snapshot};
+use crate::shimmie::{format_md5, shown, Bans, Change, ShimmieSettings, Source, SourceError};
+
+/// What the sync service drives: the mirror's shared state, behind a small seam.
+#[async_trait]
+pub trait SyncTarget: Send + Sync {
+    /// The placement algorithm from the YAML (Shimmie's database does not say).
+    fn algorithm(&self) -> Algorithm;
+    /// Swaps in a new view, already built and validated. Called only when the
+    /// settings changed (or when the persisted state is restored at start).
+    fn install_view(&self, spec: FleetSpec, view: FleetView);
+    /// The ban set that requests consult.
+    fn bans(&self) -> &Bans;
+    /// Removes this hash (32 lowercase hex) from every cache tier, both silos.
+    async fn purge(&self, hash: &str);
+}
+
+/// Tuning, from the YAML.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Poll interval (PostgreSQL: the safety net behind LISTEN, and the only way
+    /// to see stock Shimmie's bans, which send no notification).
+    pub interval: Duration,
+    /// Full ban re-read period: catches unbans (Shimmie deletes the row).
+    pub full_reread: Duration,
+    /// Where the last good settings and bans are kept; `None`: not persisted.
+    pub state_path: Option<PathBuf>,
+    /// Rows per ban query.
+    pub ban_page: usize,
+    /// Longest wait for one source call before it counts as a failure.
+    pub query_timeout: Duration,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Retry delay cap (never more than `interval` either).
+    pub max_backoff: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            // Stock Shimmie sends no NOTIFY for bans: polling twice a second keeps a
+            // new ban within 1 s on every engine. Two indexed queries, no rows read.
+            interval: Duration::from_millis(500),
+            full_reread: Duration::from_secs(600),
+            state_path: None,
+            ban_page: 50_000,
+            query_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The sync's health, for metrics and the admin status page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStatus {
+    pub engine: &'static str,
+    /// The last round reached the database.
+    pub up: bool,
+    pub last_success: Option<SystemTime>,
+    pub bans_known: usize,
+    /// Views installed by this service so far (0: still on the YAML's view).
+    pub view_version: u64,
+    /// The most recent database error (kept after recovery, for the status page).
+    pub last_error: Option<String>,
+    /// Failed rounds since start.
+    pub sync_errors: u64,
+    /// Distinct bad templates seen since start.
+    pub template_errors: u64,
+    /// The bad template in the database right now, if any (the old view is serving).
+    pub template_error: Option<String>,
+    /// Hashes purged because they were newly banned.
+    pub purges: u64,
+    pub last_full_reread: Option<SystemTime>,
+    /// How long the last full ban read took.
+    pub last_full_read: Option<Duration>,
+    /// The view and bans at start came from the state file.
+    pub restored_from_disk: bool,
+}
+
+/// The service. Share it as `Arc` (pingora's `background_service(..).task()`) to read
+/// [`SyncService::status`].
+pub struct SyncService {
+    source: Box<dyn Source>,
+    target: Arc<dyn SyncTarget>,
+    opts: SyncOptions,
+    status: ArcSwap<SyncStatus>,
+    preloaded: AtomicBool,
+    restored: parking_lot::Mutex<Option<FleetSpec>>,
+}
+
+/// The loop's own memory, between rounds.
+struct LoopState {
+    /// What this service installed last (compared to decide whether to install).
+    installed: Option<FleetSpec>,
+    /// The last rejected settings, so one bad value is logged and counted once.
+    rejected: Option<String>,
+    /// Highest ban id read.
+    cursor: i64,
+    last_full: Option<Instant>,
+    /// Settings or bans changed since the state file was written.
+    dirty: bool,
+    down_since: Option<Instant>,
+}
+
+impl SyncService {
+    pub fn new(
+        source: Box<dyn Source>,
+        target: Arc<dyn SyncTarget>,
+        opts: SyncOptions,
+    ) -> SyncService {
+        let status = SyncStatus {
+            engine: source.engine(),
+            ..SyncStatus::default()
+        };
+        SyncService {
+            source,
+            target,
+            opts,
+            status: ArcSwap::from_pointee(status),
+            preloaded: AtomicBool::new(false),
+            restored: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// A copy of the current status (cheap: one pointer load and a clone).
+    pub fn status(&self) -> SyncStatus {
+        SyncStatus::clone(&self.status.load())
+    }
+
+    pub fn view_version(&self) -> u64 {
+        self.status.load().view_version
+    }
+
+    /// Installs the persisted view and bans, if there is a state file. Runs once;
+    /// `start` calls it, and `main` may call it earlier so the first request already
+    /// sees them. True if something was restored.
+    pub fn preload(&self) -> bool {
+        if self.preloaded.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let Some(path) = &self.opts.state_path else {
+            return false;
+        };
+        let snapshot = match persist::load(path) {
+            Ok(Some(s)) => s,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!("sync: ignoring the state file: {e}");
+                return false;
+            }
+        };
+        let spec = FleetSpec {
+            image_ilink: snapshot.image_ilink,
+            image_tlink: snapshot.image_tlink,
+            algorithm: self.target.algorithm(),
+        };
+        match FleetView::build(&spec) {
+            Ok(view) => {
+                self.install(spec.clone(), view, "state file");
+                *self.restored.lock() = Some(spec);
+            }
+            Err(e) => tracing::warn!(
+                "sync: the saved templates in {} do not build ({e}); keeping the YAML's view",
+                path.display()
+            ),
+        }
+        let count = snapshot.bans.len();
+        self.target.bans().replace_all(snapshot.bans);
+        self.update(|s| {
+            s.restored_from_disk = true;
+            s.bans_known = count;
+        });
+        tracing::info!(
+            "sync: restored the view and {count} bans saved at unix time {} from {}",
+            snapshot.saved_at,
+            path.display()
+        );
+        true
+    }
+
+    /// The loop. Returns only on shutdown: database errors are retried forever.
+    pub async fn run(&self, mut shutdown: ShutdownWatch) {
+        self.preload();
+        let mut st = LoopState {
+            installed: self.restored.lock().take(),
+            rejected: None,
+            cursor: i64::MIN,
+            last_full: None,
+            dirty: false,
+            down_since: None,
+        };
+        let cap = self
+            .opts
+            .max_backoff
+            .min(self.opts.interval)
+            .max(self.opts.min_backoff);
+        let mut backoff = Backoff::new(self.opts.min_backoff, cap);
+        let mut listen_backoff = Backoff::new(self.opts.min_backoff, cap);
+        loop {
+            let round = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = self.round(&mut st) => r,
+            };
+            if let Err(e) = round {
+                self.mark_down(&mut st, &e);
+                if pause(&mut shutdown, backoff.delay()).await {
+                    return;
+                }
+                continue;
+            }
+            self.mark_up(&mut st);
+            backoff.reset();
+
+            let until_full = st.last_full.map_or(Duration::ZERO, |t| {
+                self.opts.full_reread.saturating_sub(t.elapsed())
+            });
+            let wait = self
+                .opts
+                .interval
+                .min(until_full)
+                .max(Duration::from_millis(10));
+            let change = tokio::select! {
+                _ = shutdown.changed() => return,
+                c = self.source.wait_for_change(wait) => c,
+            };
+            match change {
+                Ok(Change::Notified { channel, payload }) => {
+                    listen_backoff.reset();
+                    tracing::debug!("sync: notified on {channel} ({payload:?})");
+                }
+                Ok(Change::Subscribed) => {
+                    listen_backoff.reset();
+                    tracing::debug!("sync: listening for notifications");
+                }
+                Ok(Change::Timeout) => listen_backoff.reset(),
+                Err(e) => {
+                    // The next round tells whether the database itself is down.
+                    tracing::debug!("sync: {e}");
+                    if pause(&mut shutdown, listen_backoff.delay()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn round(&self, st: &mut LoopState) -> Result<(), SourceError> {
+        match self
+            .timed("reading config", self.source.read_settings())
+            .await
+        {
+            Ok(settings) => self.apply_settings(st, settings),
+            Err(SourceError::BadValue { key, reason }) => {
+                self.reject(
+                    st,
+                    format!("{key}: {reason}"),
+                    format!("Shimmie config {key} rejected, the current view stays: {reason}"),
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        self.sync_bans(st).await?;
+        self.persist(st).await;
+        Ok(())
+    }
+
+    fn apply_settings(&self, st: &mut LoopState, settings: ShimmieSettings) {
+        let spec = FleetSpec {
+            image_ilink: settings.image_ilink,
+            image_tlink: settings.image_tlink,
+            algorithm: self.target.algorithm(),
+        };
+        if st.installed.as_ref() == Some(&spec) {
+            if st.rejected.take().is_some() {
+                tracing::info!("sync: Shimmie's config is valid again");
+                self.update(|s| s.template_error = None);
+            }
+            return;
+        }
+        let fingerprint = format!("{spec:?}");
+        if st.rejected.as_deref() == Some(fingerprint.as_str()) {
+            return;
+        }
+        match FleetView::build(&spec) {
+            Ok(view) => {
+                st.rejected = None;
+                st.installed = Some(spec.clone());
+                st.dirty = true;
+                self.install(spec, view, "database");
+            }
+            Err(error) => {
+                let value = match &error {
+                    FleetError::Config { key, .. } if *key == Silo::Thumbs.config_key() => {
+                        spec.template_for(Silo::Thumbs)
+                    }
+                    _ => spec.template_for(Silo::Images),
+                };
+                let message = format!(
+                    "Shimmie config rejected, the current view stays: {error} (value {:?})",
+                    shown(value.as_bytes(), 300)
+                );
+                self.reject(st, fingerprint, message);
+            }
+        }
+    }
+
+    /// Logs and counts a bad template once; the installed view stays.
+    fn reject(&self, st: &mut LoopState, fingerprint: String, message: String) {
+        if st.rejected.as_deref() == Some(fingerprint.as_str()) {
+            return;
+        }
+        tracing::error!("sync: {message}");
+        st.rejected = Some(fingerprint);
+        // metrics: shimmer_sync_template_errors_total += 1 (status.template_errors)
+        self.update(|s| {
+            s.template_errors += 1;
+            s.template_error = Some(message);
+        });
+    }
+
+    fn install(&self, spec: FleetSpec, view: FleetView, from: &str) {
+        let version = self.status.load().view_version + 1;
+        tracing::info!(
+            "sync: fleet view {version} installed from the {from}: image_ilink={:?} image_tlink={:?} algorithm={}",
+            spec.template_for(Silo::Images),
+            spec.template_for(Silo::Thumbs),
+            spec.algorithm
+        );
+        self.target.install_view(spec, view);
+        // metrics: shimmer_sync_view_version = version
+        self.update(|s| {
+            s.view_version = version;
+            s.template_error = None;
+        });
+    }
+
+    async fn sync_bans(&self, st: &mut LoopState) -> Result<(), SourceError> {
+        let bans = self.target.bans();
+        let page = self.opts.ban_page.max(1);
+        let full_due = st
+            .last_full
+            .is_none_or(|t| t.elapsed() >= self.opts.full_reread);
+        let mut added = Vec::new();
+        if full_due {
+            let started = Instant::now();
+            let batch = self
+                .timed("reading image_bans", self.source.all_bans(page))
+                .await?;
+            let took = started.elapsed();
+            let read = batch.read;
+            let diff = bans.replace_all(batch.rows.iter().map(|r| r.hash).collect());
+            // Lower than before if the newest bans were deleted: ids only grow, so
+            // nothing new can hide below it.
+            st.cursor = batch.last_id.unwrap_or(i64::MIN);
+            st.last_full = Some(Instant::now());
+            tracing::info!(
+                "sync: full ban read: {} bans ({read} rows, {} malformed skipped), {} new, {} lifted, in {took:.0?}",
+                bans.len(),
+                batch.skipped,
+                diff.added.len(),
+                diff.removed.len()
+            );
+            for hash in diff.removed.iter().take(20) {
+                tracing::info!("sync: ban lifted: {}", format_md5(*hash));
+            }
+            st.dirty |= !diff.added.is_empty() || !diff.removed.is_empty();
+            added = diff.added;
+            self.update(|s| {
+                s.last_full_read = Some(took);
+                s.last_full_reread = Some(SystemTime::now());
+            });
+        } else {
+            loop {
+                let batch = self
+                    .timed(
+                        "reading image_bans",
+                        self.source.bans_after(st.cursor, page),
+                    )
+                    .await?;
+                if let Some(last) = batch.last_id {
+                    st.cursor = st.cursor.max(last);
+                }
+                let hashes: Vec<u128> = batch.rows.iter().map(|r| r.hash).collect();
+                added.extend(bans.insert_many(&hashes));
+                if batch.read < page {
+                    break;
+                }
+            }
+            st.dirty |= !added.is_empty();
+        }
+        // The set already answers 404 for these; purging frees the caches.
+        if !added.is_empty() {
+            let count = added.len();
+            if count <= 20 {
+                for hash in &added {
+                    tracing::info!(
+                        "sync: banned {}: purging it from every cache tier",
+                        format_md5(*hash)
+                    );
+                }
+            } else {
+                tracing::info!("sync: {count} new bans: purging them from every cache tier");
+            }
+            for hash in added {
+                self.target.purge(&format_md5(hash)).await;
+            }
+            // metrics: shimmer_sync_purges_total += count
+            self.update(|s| s.purges += count as u64);
+        }
+        Ok(())
+    }
+
+    /// Writes the state file if anything changed; a failure is logged, not fatal.
+    async fn persist(&self, st: &mut LoopState) {
+        let (Some(path), true, Some(spec)) = (
+            self.opts.state_path.clone(),
+            st.dirty,
+            st.installed.as_ref(),
+        ) else {
+            return;
+        };
+        let bans = self.target.bans().snapshot();
+        let snapshot = Snapshot::now(
+            spec.image_ilink.clone(),
+            spec.image_tlink.clone(),
+            bans.to_vec(),
+        );
+        let saved = tokio::task::spawn_blocking(move || persist::save(&path, &snapshot)).await;
+        match saved {
+            Ok(Ok(())) => st.dirty = false,
+            Ok(Err(e)) => tracing::warn!("sync: cannot save the state file (will retry): {e}"),
+            Err(e) => tracing::warn!("sync: saving the state file failed: {e}"),
+        }
+    }
+
+    fn mark_down(&self, st: &mut LoopState, error: &SourceError) {
+        let message = error.to_string();
+        let known = self.status.load().last_error.as_deref() == Some(message.as_str());
+        if st.down_since.is_none() || !known {
+            tracing::warn!(
+                "sync: {} unavailable, serving the last view (version {}) and {} bans; retrying: {message}",
+                self.source.engine(),
+                self.view_version(),
+                self.target.bans().len()
+            );
+        }
+        st.down_since.get_or_insert_with(Instant::now);
+        // metrics: shimmer_sync_up = 0; shimmer_sync_errors_total += 1
+        self.update(|s| {
+            s.up = false;
+            s.sync_errors += 1;
+            s.last_error = Some(message);
+        });
+    }
+
+    fn mark_up(&self, st: &mut LoopState) {
+        if let Some(since) = st.down_since.take() {
+            tracing::info!(
+                "sync: {} reachable again after {:.1?}; caught up",
+                self.source.engine(),
+                since.elapsed()
+            );
+        }
+        let bans_known = self.target.bans().len();
+        // metrics: shimmer_sync_up = 1; shimmer_sync_last_success_timestamp_seconds = now;
+        // shimmer_sync_bans = bans_known
+        self.update(|s| {
+            s.up = true;
+            s.last_success = Some(SystemTime::now());
+            s.bans_known = bans_known;
+        });
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T, SourceError>>,
+    ) -> Result<T, SourceError> {
+        let after = self.opts.query_timeout;
+        tokio::time::timeout(after, call)
+            .await
+            .unwrap_or(Err(SourceError::Timeout {
+                engine: self.source.engine(),
+                what,
+                after,
+            }))
+    }
+
+    /// Only the loop writes, so load-modify-store cannot lose an update.
+    fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
+        let mut next = SyncStatus::clone(&self.status.load());
+        change(&mut next);
+        self.status.store(Arc::new(next));
+    }
+}
+
+#[async_trait]
+impl BackgroundService for SyncService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.run(shutdown).await;
+    }
+}
+
+/// Sleeps, or returns true at once on shutdown.
+async fn pause(shutdown: &mut ShutdownWatch, delay: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// Capped exponential backoff, deterministic (one mirror per database connection,
+/// so there is no thundering herd to spread).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The delay to wait now; the one after it doubles, up to the cap.
+    pub fn delay(&mut self) -> Duration {
+        let now = self.next.min(self.max);
+        self.next = (now * 2).min(self.max).max(self.min);
+        now
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1000));
+        let seen: Vec<Duration> = (0..6).map(|_| b.delay()).collect();
+        assert_eq!(
+            seen,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        b.reset();
+        assert_eq!(b.delay(), ms(100));
+    }
+
+    #[test]
+    fn defaults_poll_twice_a_second() {
+        let o = SyncOptions::default();
+        assert_eq!(o.interval, Duration::from_millis(500));
+        assert!(o.full_reread > o.interval);
+        assert!(o.min_backoff < o.max_backoff);
+    }
+}
