@@ -1,5 +1,8 @@
 //! Primary + secondary lookup cost (`FleetView::owners`) for 5, 20 and 100 nodes,
-//! both algorithms. Target: under 300 ns for 20 nodes with rendezvous.
+//! both algorithms, with two weight layouts: `tiered` (two weights, 5 and 10, as real
+//! fleets have a few tiers) and `varied` (up to 25 distinct weights, the worst case
+//! for rendezvous' per-weight shortcut). Target: under 300 ns for 20 nodes with
+//! rendezvous.
 //!
 //! `cargo bench --bench placement`
 
@@ -7,11 +10,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use shimmer::fleet::{Algorithm, FleetSpec, FleetView, Silo};
 use std::hint::black_box;
 
-/// A realistic template: node names like `m12`, uneven weights.
-fn spec(nodes: usize, algorithm: Algorithm) -> FleetSpec {
-    let opts: Vec<String> = (0..nodes)
-        .map(|i| format!("m{i}={}", 5 + (i * 7) % 11))
-        .collect();
+/// A template with node names like `m12`.
+fn spec(nodes: usize, layout: &str, algorithm: Algorithm) -> FleetSpec {
+    let weight = |i: usize| match layout {
+        "tiered" => 5 + 5 * (i % 2),
+        _ => 1 + (i * 7) % 25,
+    };
+    let opts: Vec<String> = (0..nodes).map(|i| format!("m{i}={}", weight(i))).collect();
     FleetSpec {
         image_ilink: Some(format!(
             "https://{{{}}}.example.com/_images/$hash/$id%20-%20$tags.$ext",
@@ -38,10 +43,15 @@ fn hashes() -> Vec<String> {
 
 fn owners(c: &mut Criterion) {
     let hashes = hashes();
-    for algorithm in [Algorithm::Rendezvous, Algorithm::Flexihash] {
-        let mut group = c.benchmark_group(format!("owners/{algorithm}"));
+    for (algorithm, layout) in [
+        (Algorithm::Rendezvous, "tiered"),
+        (Algorithm::Rendezvous, "varied"),
+        (Algorithm::Flexihash, "tiered"),
+        (Algorithm::Flexihash, "varied"),
+    ] {
+        let mut group = c.benchmark_group(format!("owners/{algorithm}/{layout}"));
         for nodes in [5usize, 20, 100] {
-            let view = match FleetView::build(&spec(nodes, algorithm)) {
+            let view = match FleetView::build(&spec(nodes, layout, algorithm)) {
                 Ok(view) => view,
                 Err(e) => panic!("bench spec is valid: {e}"),
             };

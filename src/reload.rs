@@ -181,3 +181,22 @@ impl BackgroundService for Reloader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::server::configuration::ServerConf;
+
+    fn keys(yaml: &str) -> serde_yaml::Value {
+        server_keys(&ServerConf::from_yaml(yaml).expect("server conf"))
+    }
+
+    #[test]
+    fn pingora_keys_that_differ_are_named() {
+        let old = keys("---\nversion: 1\nthreads: 2\ngrace_period_seconds: 10\n");
+        let same = keys("---\nversion: 1\nthreads: 2\ngrace_period_seconds: 10\n");
+        let new = keys("---\nversion: 1\nthreads: 4\ngrace_period_seconds: 10\nuser: nobody\n");
+        assert!(changed_server_keys(&old, &same).is_empty());
+        assert_eq!(changed_server_keys(&old, &new), vec!["threads", "user"]);
+    }
+}

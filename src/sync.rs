@@ -585,6 +585,12 @@ mod tests {
     }
 
     #[test]
+    fn is_a_pingora_background_service() {
+        fn check<T: BackgroundService + Send + Sync + 'static>() {}
+        check::<SyncService>();
+    }
+
+    #[test]
     fn defaults_poll_twice_a_second() {
         let o = SyncOptions::default();
         assert_eq!(o.interval, Duration::from_millis(500));

@@ -106,15 +106,16 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     /// Owners are well formed for both algorithms, and the pingora BackendSelection
-    /// starts with the same two nodes.
+    /// yields the same order. Up to 24 nodes and 31 weights, so rendezvous takes both
+    /// its per-weight-class and its bounds-only path.
     #[test]
     fn owners_are_well_formed_and_selection_agrees(
-        spec in names(8).prop_flat_map(|names| {
+        spec in names(24).prop_flat_map(|names| {
             let n = names.len();
-            (Just(names), prop::collection::vec(0i64..=6, n))
+            (Just(names), prop::collection::vec(0i64..=30, n))
         }).prop_filter("some positive weight", |(_, w)| w.iter().any(|&w| w > 0)),
         seed in any::<u64>(),
     ) {

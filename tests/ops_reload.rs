@@ -175,6 +175,11 @@ fn a_good_reload_swaps_origins_and_fleet_and_keeps_the_cache() {
 fn settings_that_cannot_change_live_are_named_with_the_upgrade_advice() {
     let w = world();
     let mut spec = OpsSpec::new(w.origin.addr);
+    let disk = |name: &str| {
+        let dir = w.work.path().join(name);
+        format!("    dir: \"{}\"\n    disk_bytes: 64M\n", path_str(&dir))
+    };
+    spec.cache_extra = disk("disk1");
     let m = OpsMirror::start(w.work.path(), &spec);
     let path = image(&w.data, 300);
     assert_eq!(m.get(&path).status, 200);
@@ -188,6 +193,7 @@ fn settings_that_cannot_change_live_are_named_with_the_upgrade_advice() {
     );
     yaml = yaml.replace("memory_bytes: 64M", "memory_bytes: 128M");
     yaml = yaml.replace("threads: 2", "threads: 3");
+    yaml = yaml.replace(&disk("disk1"), &disk("disk2"));
     spec.admin_port = free_port();
     let admin_line = |p: u16| format!("listen: \"127.0.0.1:{p}\"");
     yaml = yaml.replace(&admin_line(m.admin.port()), &admin_line(spec.admin_port));
@@ -199,6 +205,7 @@ fn settings_that_cannot_change_live_are_named_with_the_upgrade_advice() {
         "shimmer.listen",
         "shimmer.admin.listen",
         "shimmer.cache.memory_bytes",
+        "shimmer.cache.dir",
         "threads",
     ] {
         let line = log

@@ -8,15 +8,14 @@
 mod db;
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use shimmer::fleet::{Algorithm, FleetSpec, FleetView, Silo};
-use shimmer::shimmie::{
-    self, parse_md5, persist, Bans, Change, ShimmieSettings, Source, SourceError,
-};
+use shimmer::shimmie::{self, persist, Bans, Change, ShimmieSettings, Source, SourceError};
 use shimmer::sync::{SyncOptions, SyncService, SyncStatus, SyncTarget};
 
 use db::{DbServer, Shimmie};
@@ -29,6 +28,14 @@ const H1: &str = "e28e3076236eff37065d36416001263e";
 const H2: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const H3: &str = "098f6bcd4621d373cade4e832627b4f6";
 
+fn md5(hash: &str) -> u128 {
+    shimmie::parse_md5(hash).expect("a valid md5")
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 // ---------------------------------------------------------------- environments
 
 struct Env {
@@ -39,28 +46,24 @@ struct Env {
     engine: &'static str,
 }
 
-async fn pg() -> Env {
-    let server = DbServer::postgres();
+async fn served(server: DbServer, engine: &'static str) -> Env {
     let db = Shimmie::create(&server).await;
+    let dsn = server.dsn();
     Env {
-        dsn: server.dsn(),
         server: Some(server),
         _dir: None,
         db,
-        engine: "postgres",
+        dsn,
+        engine,
     }
 }
 
+async fn pg() -> Env {
+    served(DbServer::postgres(), "postgres").await
+}
+
 async fn maria() -> Env {
-    let server = DbServer::mariadb();
-    let db = Shimmie::create(&server).await;
-    Env {
-        dsn: server.dsn(),
-        server: Some(server),
-        _dir: None,
-        db,
-        engine: "mysql",
-    }
+    served(DbServer::mariadb(), "mysql").await
 }
 
 async fn lite() -> Env {
@@ -75,6 +78,13 @@ async fn lite() -> Env {
     }
 }
 
+/// Default options with this poll interval and state file.
+fn options(interval: Duration, state_path: Option<PathBuf>) -> SyncOptions {
+    let mut opts = SyncOptions::default();
+    (opts.interval, opts.state_path) = (interval, state_path);
+    opts
+}
+
 impl Env {
     fn source(&self) -> Box<dyn Source> {
         shimmie::connect(&self.dsn).expect("connect is lazy and the DSN is valid")
@@ -87,6 +97,13 @@ impl Env {
             _ => shimmie::sqlite::BANS_AFTER_SQL,
         }
     }
+}
+
+/// One `#[tokio::test]` per engine for a check taking an [`Env`].
+macro_rules! per_engine {
+    ($check:ident: $($name:ident = $env:ident),+) => {
+        $(#[tokio::test] async fn $name() { $check($env().await).await; })+
+    };
 }
 
 // ---------------------------------------------------------------- a recording target
@@ -118,10 +135,8 @@ impl SyncTarget for Recorder {
 
 impl Recorder {
     fn ilink(&self) -> Option<String> {
-        self.installs
-            .lock()
-            .last()
-            .and_then(|s| s.image_ilink.clone())
+        let installs = self.installs.lock();
+        installs.last().and_then(|s| s.image_ilink.clone())
     }
     fn purged(&self, hash: &str) -> bool {
         self.purged.lock().iter().any(|h| h == hash)
@@ -139,10 +154,8 @@ fn run(source: Box<dyn Source>, opts: SyncOptions) -> Running {
     let target = Arc::new(Recorder::default());
     let svc = Arc::new(SyncService::new(source, target.clone(), opts));
     let (stop, watch) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn({
-        let svc = Arc::clone(&svc);
-        async move { svc.run(watch).await }
-    });
+    let service = Arc::clone(&svc);
+    let task = tokio::spawn(async move { service.run(watch).await });
     Running {
         svc,
         target,
@@ -162,16 +175,22 @@ impl Running {
     }
 }
 
-/// Polls `probe` until true; how long it took, or `None` after `within`.
-async fn eventually(within: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
+/// Polls `probe` until true; how long it took, or `None` after `limit`.
+async fn eventually(limit: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
-    while start.elapsed() <= within {
+    while start.elapsed() <= limit {
         if probe() {
             return Some(start.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(ms(5)).await;
     }
     None
+}
+
+/// Like [`eventually`], but panics naming `what` when `limit` passes.
+async fn within(what: &str, limit: Duration, probe: impl FnMut() -> bool) -> Duration {
+    let took = eventually(limit, probe).await;
+    took.unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
 }
 
 // ---------------------------------------------------------------- log capture
@@ -203,7 +222,6 @@ impl Logs {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(logs.clone())
             .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
             .finish();
         (logs.clone(), tracing::subscriber::set_default(subscriber))
     }
@@ -214,179 +232,123 @@ impl Logs {
 
 // ---------------------------------------------------------------- source checks
 
-async fn check_source(env: &Env) {
-    let source = env.source();
-    assert_eq!(source.engine(), env.engine);
+async fn settings(source: &dyn Source) -> ShimmieSettings {
+    source.read_settings().await.expect("settings")
+}
+
+async fn check_source(env: Env) {
+    let (source, e) = (env.source(), env.engine);
+    assert_eq!(source.engine(), e);
 
     // Absent rows: both None (unbalanced).
-    assert_eq!(
-        source.read_settings().await.expect("settings"),
-        ShimmieSettings::default()
-    );
+    assert_eq!(settings(&*source).await, ShimmieSettings::default());
 
     env.db.set_config("image_ilink", Some(T_A)).await;
     env.db.set_config("image_tlink", Some(TLINK)).await;
-    let s = source.read_settings().await.expect("settings");
+    let s = settings(&*source).await;
     assert_eq!(s.image_ilink.as_deref(), Some(T_A));
     assert_eq!(s.image_tlink.as_deref(), Some(TLINK));
 
     // NULL is absent, as Shimmie reads it.
     env.db.set_config("image_tlink", None).await;
-    assert_eq!(
-        source.read_settings().await.expect("settings").image_tlink,
-        None
-    );
+    assert_eq!(settings(&*source).await.image_tlink, None);
 
     // An absurdly long template is refused, naming the key.
     let long = format!("https://{{a,b}}.example.com/{}", "x".repeat(20_000));
     env.db.set_config("image_ilink", Some(&long)).await;
     match source.read_settings().await {
-        Err(SourceError::BadValue {
-            key: "image_ilink",
-            reason,
-        }) => assert!(reason.contains("limit"), "{reason}"),
-        other => panic!("{}: long template: {other:?}", env.engine),
+        Err(SourceError::BadValue { key, reason }) => {
+            assert!(key == "image_ilink" && reason.contains("limit"), "{reason}")
+        }
+        other => panic!("{e}: long template: {other:?}"),
     }
     env.db.set_config("image_ilink", Some(T_A)).await;
 
     // Bans: two valid (one in upper case), two malformed; read in pages of 2.
+    let bad = "INSERT INTO image_bans (hash, reason) VALUES";
     env.db.ban(H1).await;
-    env.db.exec("INSERT INTO image_bans (hash, reason) VALUES ('not-a-hash-at-all-not-a-hash-at!', 'x')").await;
     env.db
-        .exec("INSERT INTO image_bans (hash, reason) VALUES ('abc', 'x')")
+        .exec(&format!("{bad} ('not-a-hash-at-all-not-a-hash-at!', 'x')"))
         .await;
+    env.db.exec(&format!("{bad} ('abc', 'x')")).await;
     env.db.ban(&H2.to_uppercase()).await;
     let all = source.all_bans(2).await.expect("all bans");
     let got: Vec<u128> = all.rows.iter().map(|r| r.hash).collect();
-    assert_eq!(
-        got,
-        [parse_md5(H1), parse_md5(H2)].map(Option::unwrap_or_default),
-        "{}",
-        env.engine
-    );
-    assert_eq!((all.read, all.skipped), (4, 2), "{}", env.engine);
+    assert_eq!(got, [md5(H1), md5(H2)], "{e}");
+    assert_eq!((all.read, all.skipped), (4, 2), "{e}");
     let last = all.last_id.expect("last id");
 
     // Incremental: nothing after the last id, then exactly the new row.
     let none = source.bans_after(last, 1000).await.expect("bans after");
-    assert_eq!(
-        (none.read, none.last_id),
-        (0, None),
-        "{}: a poll with no new bans reads no rows",
-        env.engine
-    );
+    assert_eq!((none.read, none.last_id), (0, None), "{e}");
     let id3 = env.db.ban(H3).await;
     let one = source.bans_after(last, 1000).await.expect("bans after");
-    assert_eq!(
-        one.rows.iter().map(|r| (r.id, r.hash)).collect::<Vec<_>>(),
-        [(id3, parse_md5(H3).unwrap_or_default())]
-    );
+    let rows: Vec<(i64, u128)> = one.rows.iter().map(|r| (r.id, r.hash)).collect();
+    assert_eq!(rows, [(id3, md5(H3))], "{e}");
 }
 
-#[tokio::test]
-async fn postgres_source_reads_settings_and_bans() {
-    check_source(&pg().await).await;
-}
+per_engine!(check_source:
+    postgres_source_reads_settings_and_bans = pg,
+    mariadb_source_reads_settings_and_bans = maria,
+    sqlite_source_reads_settings_and_bans = lite);
 
 #[tokio::test]
-async fn mariadb_source_reads_settings_and_bans() {
-    check_source(&maria().await).await;
-}
-
-#[tokio::test]
-async fn sqlite_source_reads_settings_and_bans_and_skips_non_utf8() {
+async fn sqlite_non_utf8_values_are_reported_not_fatal() {
     let env = lite().await;
-    check_source(&env).await;
     let source = env.source();
-    // Only SQLite lets a non-UTF-8 value in.
+    // Only SQLite lets bytes that are not UTF-8 into a TEXT column.
+    let value = "CAST(X'7B61FF7D' AS TEXT)";
     env.db
-        .exec("DELETE FROM config WHERE name = 'image_ilink'")
+        .exec(&format!(
+            "INSERT INTO config VALUES ('image_ilink', {value})"
+        ))
         .await;
-    env.db
-        .exec("INSERT INTO config VALUES ('image_ilink', CAST(X'7B61FF7D' AS TEXT))")
-        .await;
-    let err = source
-        .read_settings()
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(
-        err.starts_with("image_ilink: value is not valid UTF-8"),
-        "{err}"
-    );
-    let before = source.all_bans(100).await.expect("bans");
+    let err = source.read_settings().await.err().map(|e| e.to_string());
+    let err = err.unwrap_or_default();
+    assert!(err.starts_with("image_ilink: value is not valid UTF-8"));
+    env.db.ban(H1).await;
     env.db
         .exec("INSERT INTO image_bans (hash, reason) VALUES (X'FFFEFD', 'x')")
         .await;
-    let after = source.all_bans(100).await.expect("bans");
-    assert_eq!(
-        (after.rows.len(), after.skipped),
-        (before.rows.len(), before.skipped + 1)
-    );
+    let all = source.all_bans(100).await.expect("bans");
+    assert_eq!((all.rows.len(), all.skipped), (1, 1));
 }
 
 #[tokio::test]
 async fn postgres_notification_wakes_the_wait() {
     let env = pg().await;
     let source = env.source();
+    let wait = |limit| source.wait_for_change(limit);
     assert_eq!(
-        source
-            .wait_for_change(Duration::from_secs(5))
-            .await
-            .expect("listen"),
+        wait(Duration::from_secs(5)).await.expect("listen"),
         Change::Subscribed
     );
-    assert_eq!(
-        source
-            .wait_for_change(Duration::from_millis(100))
-            .await
-            .expect("wait"),
-        Change::Timeout
-    );
+    assert_eq!(wait(ms(100)).await.expect("wait"), Change::Timeout);
 
     // A Shimmie-style save (DELETE + INSERT + NOTIFY config in one transaction).
     let started = Instant::now();
-    let (change, ()) = tokio::join!(source.wait_for_change(Duration::from_secs(20)), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let (change, ()) = tokio::join!(wait(Duration::from_secs(20)), async {
+        tokio::time::sleep(ms(200)).await;
         env.db.set_config("image_ilink", Some(T_B)).await;
     });
     let waited = started.elapsed();
-    assert_eq!(
-        change.expect("wait"),
-        Change::Notified {
-            channel: "config".into(),
-            payload: String::new()
-        }
-    );
-    assert!(
-        waited < Duration::from_secs(20),
-        "returned on the notification, not the timeout: {waited:?}"
-    );
-    eprintln!("postgres: NOTIFY config woke the wait after {waited:?} (write issued at 200ms)");
-    assert_eq!(
-        source
-            .read_settings()
-            .await
-            .expect("settings")
-            .image_ilink
-            .as_deref(),
-        Some(T_B)
-    );
+    let config = Change::Notified {
+        channel: "config".into(),
+        payload: String::new(),
+    };
+    assert_eq!(change.expect("wait"), config);
+    assert!(waited < Duration::from_secs(20), "not the timeout");
+    eprintln!("postgres: NOTIFY config woke the wait after {waited:?} (written at 200ms)");
+    assert_eq!(settings(&*source).await.image_ilink.as_deref(), Some(T_B));
 
     // The older paheal channel, with the hash as payload.
     env.db.exec(&format!("NOTIFY shm_image_bans, '{H1}'")).await;
-    let change = source
-        .wait_for_change(Duration::from_secs(20))
-        .await
-        .expect("wait");
-    assert_eq!(
-        change,
-        Change::Notified {
-            channel: "shm_image_bans".into(),
-            payload: H1.into()
-        }
-    );
+    let change = wait(Duration::from_secs(20)).await.expect("wait");
+    let bans = Change::Notified {
+        channel: "shm_image_bans".into(),
+        payload: H1.into(),
+    };
+    assert_eq!(change, bans);
 }
 
 #[tokio::test]
@@ -396,292 +358,179 @@ async fn polled_engines_wait_the_interval() {
     env.db.set_config("image_ilink", Some(T_A)).await;
     let started = Instant::now();
     assert_eq!(
-        source
-            .wait_for_change(Duration::from_millis(150))
-            .await
-            .expect("wait"),
+        source.wait_for_change(ms(150)).await.expect("wait"),
         Change::Timeout
     );
-    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert!(started.elapsed() >= ms(150));
 }
 
 // ---------------------------------------------------------------- 200,000 bans
 
-async fn check_bulk(env: &Env) {
+async fn check_bulk(env: Env) {
+    let e = env.engine;
     env.db.ban_many(200_000, 1).await;
+    env.db.analyze().await;
     let source = env.source();
     let started = Instant::now();
     let all = source.all_bans(50_000).await.expect("all bans");
-    let took = started.elapsed();
+    let read = started.elapsed();
     let bans = Bans::new();
     bans.replace_all(all.rows.iter().map(|r| r.hash).collect());
     let total = started.elapsed();
-    eprintln!(
-        "{}: full load of 200,000 bans: {took:?} to read, {total:?} into the set ({} bytes)",
-        env.engine,
-        bans.heap_bytes()
-    );
+    let bytes = bans.heap_bytes();
+    eprintln!("{e}: 200,000 bans: read in {read:?}, in the set after {total:?} ({bytes} bytes)");
     assert_eq!(bans.len(), 200_000);
     assert!(bans.contains(&db::bulk_hash(1, 123_456)));
     let last = all.last_id.expect("last id");
     let next = source.bans_after(last, 50_000).await.expect("incremental");
-    assert_eq!(
-        next.read, 0,
-        "an incremental poll with no new bans reads no rows"
-    );
+    assert_eq!(next.read, 0, "a poll with no new bans reads no rows");
 
     // The query it runs is an index range scan starting after the cursor: with
     // nothing newer, it reads no rows at all.
     let sql = env.bans_after_sql();
-    assert!(
-        sql.starts_with("SELECT id, hash FROM image_bans WHERE id > "),
-        "{sql}"
-    );
-    env.db.analyze().await;
+    assert!(sql.starts_with("SELECT id, hash FROM image_bans WHERE id > "));
     let plan = env.db.explain(sql, last, 50_000).await;
-    eprintln!("{}: {sql}\n{plan}", env.engine);
-    match env.engine {
-        "postgres" => {
-            assert_eq!(
-                sql,
-                "SELECT id, hash FROM image_bans WHERE id > $1 ORDER BY id LIMIT $2"
-            );
-            assert!(
-                plan.contains("Index Scan using image_bans_pkey")
-                    && plan.contains("Index Cond: (id > "),
-                "{plan}"
-            );
-            assert!(
-                plan.contains("Index Scan using image_bans_pkey on image_bans (actual rows=0"),
-                "{plan}"
-            );
-        }
+    eprintln!("{e}: {sql}\n{plan}");
+    let pg_sql = "SELECT id, hash FROM image_bans WHERE id > $1 ORDER BY id LIMIT $2";
+    let pg_scan = "Index Scan using image_bans_pkey on image_bans (actual rows=0 loops=1)";
+    match e {
+        "postgres" => assert!(sql == pg_sql && plan.contains(pg_scan), "{plan}"),
         "mysql" => assert!(plan.contains("type=range key=PRIMARY"), "{plan}"),
-        _ => assert!(
-            plan.contains("USING INTEGER PRIMARY KEY (rowid>?)"),
-            "{plan}"
-        ),
+        _ => assert!(plan.contains("PRIMARY KEY (rowid>?)"), "{plan}"),
     }
 }
 
-#[tokio::test]
-async fn postgres_loads_200k_bans() {
-    check_bulk(&pg().await).await;
-}
-
-#[tokio::test]
-async fn mariadb_loads_200k_bans() {
-    check_bulk(&maria().await).await;
-}
-
-#[tokio::test]
-async fn sqlite_loads_200k_bans() {
-    check_bulk(&lite().await).await;
-}
+per_engine!(check_bulk:
+    postgres_loads_200k_bans = pg,
+    mariadb_loads_200k_bans = maria,
+    sqlite_loads_200k_bans = lite);
 
 // ---------------------------------------------------------------- the service
 
-async fn check_service(env: &Env) {
+async fn check_service(env: Env) {
     let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("sync.state");
     env.db.set_config("image_ilink", Some(T_A)).await;
     env.db.set_config("image_tlink", Some(TLINK)).await;
     env.db.ban(H1).await;
-    // The default interval (500 ms); the bound: 1 s on PostgreSQL (NOTIFY for
-    // settings, polling for bans), one interval (+ query time) on the others.
+    // The default interval (500 ms). The bounds: 1 s on PostgreSQL (NOTIFY
+    // for settings, polling for bans), one interval (+ query time) on the others.
     let interval = SyncOptions::default().interval;
-    let bound = if env.engine == "postgres" {
-        Duration::from_secs(1)
-    } else {
-        interval + Duration::from_millis(500)
+    let bound = match env.engine {
+        "postgres" => Duration::from_secs(1),
+        _ => interval + ms(500),
     };
-    let opts = SyncOptions {
-        full_reread: Duration::from_secs(2),
-        state_path: Some(state.clone()),
-        ..SyncOptions::default()
-    };
+    let full_reread = Duration::from_secs(2);
+    let mut opts = options(interval, Some(state.clone()));
+    opts.full_reread = full_reread;
     let r = run(env.source(), opts);
-    let t = &r.target;
-    let e = env.engine;
+    let (t, e) = (&r.target, env.engine);
+    let secs = Duration::from_secs;
 
-    assert!(
-        eventually(Duration::from_secs(10), || t.ilink().as_deref()
-            == Some(T_A))
-        .await
-        .is_some(),
-        "{e}: first view"
-    );
-    let loaded = eventually(Duration::from_secs(5), || {
-        t.bans.contains(H1) && t.purged(H1)
-    })
-    .await;
-    assert!(loaded.is_some(), "{e}: the initial load bans and purges");
+    within("first view", secs(10), || t.ilink().as_deref() == Some(T_A)).await;
+    let loaded = || t.bans.contains(H1) && t.purged(H1);
+    within("initial ban load and purge", secs(5), loaded).await;
     let view = t.view.lock().clone().expect("view");
     assert!(view.template(Silo::Images).is_balanced());
-    assert!(
-        !view.template(Silo::Thumbs).is_balanced(),
-        "a template without braces is unbalanced"
-    );
+    assert!(!view.template(Silo::Thumbs).is_balanced(), "no braces");
     assert_eq!(r.status().view_version, 1);
 
     // A weight change.
     env.db.set_config("image_ilink", Some(T_B)).await;
-    let took = eventually(bound * 3, || t.ilink().as_deref() == Some(T_B)).await;
+    let changed = || t.ilink().as_deref() == Some(T_B);
+    let took = within("weight change", secs(5), changed).await;
     eprintln!("{e}: weight change reached the view in {took:?} (bound {bound:?})");
-    assert!(
-        took.is_some_and(|d| d <= bound),
-        "{e}: weight change took {took:?}"
-    );
+    assert!(took <= bound, "{e}: weight change took {took:?}");
     assert_eq!(r.status().view_version, 2);
 
     // A broken template: the view stays, the error is counted and logged.
     env.db.set_config("image_ilink", Some(BROKEN)).await;
-    assert!(
-        eventually(bound * 3, || r.status().template_errors == 1)
-            .await
-            .is_some(),
-        "{e}: template error"
-    );
+    within("template error", secs(5), || {
+        r.status().template_errors == 1
+    })
+    .await;
     tokio::time::sleep(interval * 2).await;
     let s = r.status();
-    assert_eq!(
-        (s.view_version, s.template_errors),
-        (2, 1),
-        "{e}: counted once, view kept"
-    );
-    assert_eq!(t.ilink().as_deref(), Some(T_B));
+    // Counted once, however many polls see it.
+    assert_eq!((s.view_version, s.template_errors), (2, 1), "{e}");
+    assert_eq!(t.ilink().as_deref(), Some(T_B), "{e}: the old view stays");
     let msg = s.template_error.expect("current template error");
     assert!(msg.contains("image_ilink") && msg.contains(BROKEN), "{msg}");
     let log = logs.text();
-    assert!(
-        log.contains("ERROR") && log.contains("image_ilink") && log.contains(BROKEN),
-        "{e}: log:\n{log}"
-    );
+    let error_line = |l: &str| l.contains("ERROR") && l.contains(BROKEN);
+    let logged = log.lines().any(error_line);
+    assert!(logged && log.contains("image_ilink"), "{e}: log:\n{log}");
     env.db.set_config("image_ilink", Some(T_B)).await;
-    assert!(
-        eventually(bound * 3, || r.status().template_error.is_none())
-            .await
-            .is_some(),
-        "{e}: error clears"
-    );
-    assert_eq!(
-        r.status().view_version,
-        2,
-        "{e}: same settings, no new view"
-    );
+    let cleared = || r.status().template_error.is_none();
+    within("error clears", secs(5), cleared).await;
+    assert_eq!(r.status().view_version, 2, "{e}: same settings, same view");
 
     // A ban while serving: in the set and purged within the bound.
     env.db.ban(H2).await;
-    let took = eventually(Duration::from_secs(5), || {
-        t.bans.contains(H2) && t.purged(H2)
-    })
-    .await;
-    eprintln!("{e}: new ban purged in {took:?}");
-    assert!(took.is_some_and(|d| d <= bound), "{e}: ban took {took:?}");
+    let took = within("ban", secs(5), || t.bans.contains(H2) && t.purged(H2)).await;
+    eprintln!("{e}: new ban in force and purged in {took:?}");
+    assert!(took <= bound, "{e}: ban took {took:?}");
 
     // An unban: servable again after the full re-read.
     env.db.unban(H1).await;
-    let took = eventually(Duration::from_secs(6), || !t.bans.contains(H1)).await;
-    eprintln!("{e}: unban seen in {took:?} (full re-read every 2s)");
-    assert!(took.is_some(), "{e}: unban");
+    let took = within("unban", secs(6), || !t.bans.contains(H1)).await;
+    eprintln!("{e}: unban seen in {took:?} (full re-read every {full_reread:?})");
     assert!(t.bans.contains(H2));
 
     // The status and the state file follow at the end of the round.
-    assert!(
-        eventually(Duration::from_secs(5), || r.status().bans_known == 1)
-            .await
-            .is_some(),
-        "{e}: {:?}",
-        r.status()
-    );
+    within("status", secs(5), || r.status().bans_known == 1).await;
     let s = r.status();
     assert!(s.up && s.last_success.is_some(), "{e}: {s:?}");
     let saved = persist::load(&state)
         .expect("state file")
         .expect("state file exists");
     assert_eq!(saved.image_ilink.as_deref(), Some(T_B));
-    assert_eq!(saved.bans, vec![parse_md5(H2).unwrap_or_default()]);
+    assert_eq!(saved.bans, vec![md5(H2)]);
     r.shutdown().await;
 }
 
-#[tokio::test]
-async fn postgres_service_swaps_views_and_purges_bans() {
-    check_service(&pg().await).await;
-}
-
-#[tokio::test]
-async fn mariadb_service_swaps_views_and_purges_bans() {
-    check_service(&maria().await).await;
-}
-
-#[tokio::test]
-async fn sqlite_service_swaps_views_and_purges_bans() {
-    check_service(&lite().await).await;
-}
+per_engine!(check_service:
+    postgres_service_swaps_views_and_purges_bans = pg,
+    mariadb_service_swaps_views_and_purges_bans = maria,
+    sqlite_service_swaps_views_and_purges_bans = lite);
 
 // ---------------------------------------------------------------- faults
 
 async fn check_restart(mut env: Env) {
     let e = env.engine;
     env.db.set_config("image_ilink", Some(T_A)).await;
-    let interval = Duration::from_secs(1);
-    let opts = SyncOptions {
-        interval,
-        ..SyncOptions::default()
-    };
-    let r = run(env.source(), opts);
+    let r = run(env.source(), options(Duration::from_secs(1), None));
     let t = Arc::clone(&r.target);
-    assert!(
-        eventually(Duration::from_secs(10), || r.status().up)
-            .await
-            .is_some(),
-        "{e}: up"
-    );
+    within("up", Duration::from_secs(10), || r.status().up).await;
     assert_eq!(r.status().view_version, 1);
 
     let server = env.server.as_mut().expect("a server");
     server.kill();
-    let down = eventually(Duration::from_secs(15), || !r.status().up).await;
-    assert!(down.is_some(), "{e}: noticed the database is gone");
+    let secs = Duration::from_secs;
+    within("noticed the database is gone", secs(15), || !r.status().up).await;
     let s = r.status();
     eprintln!("{e}: while down: {:?}", s.last_error);
-    assert!(
-        s.last_error.is_some() && s.view_version == 1 && t.ilink().as_deref() == Some(T_A),
-        "{e}: view kept: {s:?}"
-    );
+    assert!(s.last_error.is_some() && s.view_version == 1, "{e}: {s:?}");
+    assert_eq!(t.ilink().as_deref(), Some(T_A), "{e}: the view stays");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !r.task.is_finished(),
-        "{e}: the service never exits on database errors"
-    );
+    assert!(!r.task.is_finished(), "{e}: never exits on database errors");
 
     // Back, and a ban arrives before the service has reconnected.
     server.start();
     let back = Instant::now();
     env.db.ban(H3).await;
-    let took = eventually(Duration::from_secs(15), || t.purged(H3)).await;
-    eprintln!(
-        "{e}: caught up {took:?} after the database came back ({:?} after restart)",
-        back.elapsed()
-    );
-    assert!(took.is_some(), "{e}: catch-up");
-    assert!(eventually(Duration::from_secs(5), || r.status().up)
-        .await
-        .is_some());
+    let took = within("catch-up", Duration::from_secs(15), || t.purged(H3)).await;
+    let since = back.elapsed();
+    eprintln!("{e}: caught up {took:?} after the ban, {since:?} after the restart");
+    within("up again", Duration::from_secs(5), || r.status().up).await;
     assert_eq!(r.status().view_version, 1, "{e}: same settings, same view");
     r.shutdown().await;
 }
 
-#[tokio::test]
-async fn postgres_killed_and_restarted() {
-    check_restart(pg().await).await;
-}
-
-#[tokio::test]
-async fn mariadb_killed_and_restarted() {
-    check_restart(maria().await).await;
-}
+per_engine!(check_restart:
+    postgres_killed_and_restarted = pg,
+    mariadb_killed_and_restarted = maria);
 
 /// Database unreachable at start: serve the persisted view and bans, keep retrying,
 /// catch up once the database is there.
@@ -689,36 +538,23 @@ async fn mariadb_killed_and_restarted() {
 async fn sqlite_missing_at_start_uses_the_state_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("sync.state");
-    let saved = persist::Snapshot::now(
-        Some(T_A.into()),
-        None,
-        vec![parse_md5(H1).unwrap_or_default()],
-    );
+    let saved = persist::Snapshot::now(Some(T_A.into()), None, vec![md5(H1)]);
     persist::save(&state, &saved).expect("save");
     let path = dir.path().join("later.db");
     let dsn = format!("sqlite://{}", path.display());
-    let opts = SyncOptions {
-        interval: Duration::from_millis(300),
-        state_path: Some(state.clone()),
-        ..SyncOptions::default()
-    };
+    let opts = options(ms(300), Some(state.clone()));
     let r = run(shimmie::connect(&dsn).expect("lazy"), opts);
     let t = Arc::clone(&r.target);
-    assert!(
-        eventually(Duration::from_secs(5), || r.status().sync_errors > 0)
-            .await
-            .is_some()
-    );
+    within("first failure", Duration::from_secs(5), || {
+        r.status().sync_errors > 0
+    })
+    .await;
     let s = r.status();
-    assert!(
-        !s.up && s.restored_from_disk && s.view_version == 1,
-        "{s:?}"
-    );
+    let restored = !s.up && s.restored_from_disk && s.view_version == 1;
+    assert!(restored, "{s:?}");
     assert_eq!(t.ilink().as_deref(), Some(T_A));
-    assert!(
-        t.bans.contains(H1),
-        "persisted bans are in force while the database is away"
-    );
+    // Persisted bans are in force while the database is away.
+    assert!(t.bans.contains(H1));
     assert!(
         !path.exists(),
         "the source never creates Shimmie's database"
@@ -727,19 +563,11 @@ async fn sqlite_missing_at_start_uses_the_state_file() {
     let (db, _) = Shimmie::sqlite(&path).await;
     db.set_config("image_ilink", Some(T_B)).await;
     db.ban(H2).await;
-    let took = eventually(Duration::from_secs(5), || {
-        t.ilink().as_deref() == Some(T_B) && t.bans.contains(H2)
-    })
-    .await;
+    let caught_up = || t.ilink().as_deref() == Some(T_B) && t.bans.contains(H2);
+    let took = within("catch-up", Duration::from_secs(5), caught_up).await;
     eprintln!("sqlite: caught up {took:?} after the database appeared");
-    assert!(took.is_some());
-    assert!(
-        !t.bans.contains(H1),
-        "the full read replaces the persisted set"
-    );
-    assert!(eventually(Duration::from_secs(5), || r.status().up)
-        .await
-        .is_some());
+    assert!(!t.bans.contains(H1), "the full read replaces the saved set");
+    within("up", Duration::from_secs(5), || r.status().up).await;
     r.shutdown().await;
 }
 
@@ -751,37 +579,21 @@ async fn postgres_down_at_start_then_back() {
     env.db.ban(H2).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("sync.state");
-    persist::save(
-        &state,
-        &persist::Snapshot::now(Some(T_A.into()), None, Vec::new()),
-    )
-    .expect("save");
+    let saved = persist::Snapshot::now(Some(T_A.into()), None, Vec::new());
+    persist::save(&state, &saved).expect("save");
     let source = env.source();
     let server = env.server.as_mut().expect("server");
     server.stop();
-    let opts = SyncOptions {
-        interval: Duration::from_secs(1),
-        state_path: Some(state),
-        ..SyncOptions::default()
-    };
-    let r = run(source, opts);
+    let r = run(source, options(Duration::from_secs(1), Some(state)));
     let t = Arc::clone(&r.target);
-    assert!(
-        eventually(Duration::from_secs(15), || r.status().sync_errors > 0)
-            .await
-            .is_some()
-    );
-    assert_eq!(
-        t.ilink().as_deref(),
-        Some(T_A),
-        "serving the persisted view"
-    );
-    server.start();
-    let took = eventually(Duration::from_secs(15), || {
-        t.ilink().as_deref() == Some(T_B) && t.purged(H2)
+    within("first failure", Duration::from_secs(15), || {
+        r.status().sync_errors > 0
     })
     .await;
+    assert_eq!(t.ilink().as_deref(), Some(T_A), "the persisted view");
+    server.start();
+    let caught_up = || t.ilink().as_deref() == Some(T_B) && t.purged(H2);
+    let took = within("catch-up", Duration::from_secs(15), caught_up).await;
     eprintln!("postgres: caught up {took:?} after the server started");
-    assert!(took.is_some());
     r.shutdown().await;
 }

@@ -15,8 +15,11 @@
 //!
 //! Speed: node prefixes `"<name>: "` are hashed at build time and grouped by how many
 //! bytes they leave pending, so a lookup premixes the key's blocks once per group and
-//! finishes [`LANES`] nodes side by side; cheap bounds on the score then skip the
-//! logarithm for every node that cannot reach the top two.
+//! finishes [`LANES`] nodes side by side. Within a weight class the score is strictly
+//! monotonic in `u`, so integer comparisons pick each class's top two; cheap bounds
+//! on the score then skip the logarithm for every candidate that cannot reach the top
+//! two (typically only two logarithms are taken). The result is always the exact
+//! order: `top2_plain` computes every score and the tests compare the two.
 
 use super::murmur::{KeyBlocks, Lanes, Murmur3, LANES, MAX_PREMIXED_KEY};
 use super::php::{self, PhpName};
@@ -33,8 +36,9 @@ const SLACK: f64 = 1e-9;
 /// and its per-weight-class table lives on the stack); larger fleets take the plain
 /// path.
 const STACK_NODES: usize = 128;
-/// Below this many distinct weights, `top2` picks candidates per weight class.
-const FEW_CLASSES: usize = 5;
+/// Below this many distinct weights, `top2` picks candidates per weight class
+/// (real fleets have a few weight tiers); above, it bounds every node.
+const FEW_CLASSES: usize = 17;
 
 /// One node, with everything that does not depend on the key precomputed.
 #[derive(Clone, Debug)]
@@ -369,18 +373,13 @@ impl Rendezvous {
             let Some(us) = blocks.as_ref().and_then(|b| chunk.lanes.finish(b)) else {
                 return self.top2_plain(key);
             };
-            for lane in 0..LANES {
-                let g = (us[lane] ^ chunk.flip[lane]) & chunk.mask[lane];
+            for (lane, &u) in us.iter().enumerate() {
+                let g = (u ^ chunk.flip[lane]) & chunk.mask[lane];
                 let order = u64::from(g) << 32 | u64::from(chunk.tie[lane]);
                 if let Some(slot) = best.get_mut(chunk.class[lane]) {
-                    if order > slot[1] {
-                        if order > slot[0] {
-                            slot[1] = slot[0];
-                            slot[0] = order;
-                        } else {
-                            slot[1] = order;
-                        }
-                    }
+                    // Branch-free: which node wins is unpredictable by design.
+                    let [first, second] = *slot;
+                    *slot = [first.max(order), second.max(first.min(order))];
                 }
             }
         }
@@ -639,6 +638,92 @@ mod tests {
                 Some((order[0], Some(order[1]))),
                 "{key}"
             );
+        }
+    }
+
+    fn hex_keys(count: usize) -> impl Iterator<Item = String> {
+        (0..count as u64).map(|i| format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+    }
+
+    #[test]
+    fn class_path_agrees_with_plain_path() {
+        // Few weights, with zero, negative and integer-like names: the class path.
+        let spec = &[
+            ("10", 2),
+            ("9", 2),
+            ("a", 5),
+            ("b", 0),
+            ("c", 0),
+            ("d", -1),
+            ("e", 5),
+            ("f", 2),
+        ];
+        let r = build(spec);
+        assert!(r.classes < FEW_CLASSES);
+        for key in hex_keys(3000) {
+            assert_eq!(
+                r.top2(key.as_bytes()),
+                r.top2_plain(key.as_bytes()),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn bounds_path_agrees_with_plain_path() {
+        // More distinct weights than FEW_CLASSES: the bounds path.
+        let names: Vec<String> = (0..30).map(|i| format!("node-{i}")).collect();
+        let spec: Vec<(&str, i64)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as i64 - 3))
+            .collect();
+        let r = build(&spec);
+        assert!(r.classes >= FEW_CLASSES);
+        for key in hex_keys(3000) {
+            assert_eq!(
+                r.top2(key.as_bytes()),
+                r.top2_plain(key.as_bytes()),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn fast_path_zero_weight_ties_follow_php_names() {
+        // After the only positive node, zero-weight nodes tie at 0: PHP 8 puts the
+        // greatest name next ("c" > "b" > 10 > 9 as strings vs ints vs mixed).
+        let spec = &[("9", 0), ("b", 0), ("a", 1), ("10", 0), ("c", 0)];
+        let r = build(spec);
+        for key in hex_keys(50) {
+            assert_eq!(r.top2(key.as_bytes()), Some((2, Some(4))), "{key}");
+            assert_eq!(
+                names(spec, &r.order(key.as_bytes())),
+                ["a", "c", "b", "10", "9"]
+            );
+        }
+    }
+
+    #[test]
+    fn score_strictly_grows_with_u_within_a_weight() {
+        // What the per-class shortcut relies on: consecutive hashes never round to the
+        // same score (the relative gap is at least e / 2^32, far above rounding).
+        for weight in [1.0, 7.0, 1e6, 9.2e18] {
+            let mut u = 0u32;
+            loop {
+                assert!(score(u, weight) < score(u + 1, weight), "{weight} at {u}");
+                assert!(
+                    score(u, -weight) > score(u + 1, -weight),
+                    "-{weight} at {u}"
+                );
+                match u.checked_add(9_973) {
+                    Some(next) if next < u32::MAX => u = next,
+                    _ => break,
+                }
+            }
+            for u in [0, 1, u32::MAX / 2, u32::MAX - 2, u32::MAX - 1] {
+                assert!(score(u, weight) < score(u + 1, weight), "{weight} at {u}");
+            }
         }
     }
 }

@@ -386,17 +386,33 @@ pub enum Shimmie {
     Lite(SqlitePool),
 }
 
+/// Runs `$body` with `$p` bound to this connection's pool; the body is type-checked
+/// once per engine.
+macro_rules! with_pool {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            Shimmie::Pg($p) => $body,
+            Shimmie::My($p) => $body,
+            Shimmie::Lite($p) => $body,
+        }
+    };
+}
+
+/// Shimmie's two tables as SHIMMIE.md gives them; only `image_bans.id` differs.
+const CONFIG_TABLE: &str =
+    "CREATE TABLE config(name VARCHAR(128) NOT NULL, value TEXT, PRIMARY KEY (name))";
+const BANS_TABLE: &str = "CREATE TABLE image_bans(id {ID}, hash CHAR(32) NOT NULL, \
+     date TIMESTAMP DEFAULT CURRENT_TIMESTAMP, reason TEXT NOT NULL)";
+
 impl Shimmie {
     /// Creates the `shimmie` database (PostgreSQL; MariaDB's init file does it) and
-    /// Shimmie's two tables, exactly as SHIMMIE.md gives them for the engine.
+    /// Shimmie's two tables.
     pub async fn create(server: &DbServer) -> Shimmie {
         if server.kind == Kind::Postgres {
             let admin = format!("postgres://shimmie@127.0.0.1:{}/postgres", server.port());
             let pool = PgPool::connect(&admin).await.expect("connect to postgres");
-            sqlx::query("CREATE DATABASE shimmie")
-                .execute(&pool)
-                .await
-                .expect("create database");
+            let created = sqlx::query("CREATE DATABASE shimmie").execute(&pool).await;
+            created.expect("create database");
             pool.close().await;
         }
         let db = Shimmie::connect(&server.dsn()).await;
@@ -404,41 +420,33 @@ impl Shimmie {
         db
     }
 
-    /// A SQLite file with Shimmie's schema; the DSN to give the source.
+    /// A SQLite file with Shimmie's schema, and the DSN to give the source.
     pub async fn sqlite(path: &Path) -> (Shimmie, String) {
-        let db = Shimmie::connect(&format!("sqlite://{}", path.display())).await;
+        let dsn = format!("sqlite://{}", path.display());
+        let db = Shimmie::connect(&dsn).await;
         db.create_schema().await;
-        (db, format!("sqlite://{}", path.display()))
+        (db, dsn)
     }
 
     pub async fn connect(dsn: &str) -> Shimmie {
-        let deadline = Duration::from_secs(20);
+        let wait = Duration::from_secs(20);
         if dsn.starts_with("postgres") {
             let opts = PgConnectOptions::from_str(dsn).expect("dsn");
-            Shimmie::Pg(
-                PgPoolOptions::new()
-                    .acquire_timeout(deadline)
-                    .connect_with(opts)
-                    .await
-                    .expect("connect"),
-            )
+            let pool = PgPoolOptions::new()
+                .acquire_timeout(wait)
+                .connect_with(opts);
+            Shimmie::Pg(pool.await.expect("connect"))
         } else if dsn.starts_with("mysql") {
             let opts = MySqlConnectOptions::from_str(dsn).expect("dsn");
-            Shimmie::My(
-                MySqlPoolOptions::new()
-                    .acquire_timeout(deadline)
-                    .connect_with(opts)
-                    .await
-                    .expect("connect"),
-            )
+            let pool = MySqlPoolOptions::new()
+                .acquire_timeout(wait)
+                .connect_with(opts);
+            Shimmie::My(pool.await.expect("connect"))
         } else {
-            let opts = SqliteConnectOptions::from_str(dsn)
-                .expect("dsn")
-                .create_if_missing(true);
+            let opts = SqliteConnectOptions::from_str(dsn).expect("dsn");
+            let pool = SqlitePoolOptions::new().max_connections(1);
             Shimmie::Lite(
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(opts)
+                pool.connect_with(opts.create_if_missing(true))
                     .await
                     .expect("connect"),
             )
@@ -446,205 +454,135 @@ impl Shimmie {
     }
 
     async fn create_schema(&self) {
-        let (config, bans) = match self {
-            Shimmie::Pg(_) => (
-                "CREATE TABLE config(name VARCHAR(128) NOT NULL, value TEXT, PRIMARY KEY (name))",
-                "CREATE TABLE image_bans(id INTEGER NOT NULL PRIMARY KEY GENERATED ALWAYS AS IDENTITY, hash CHAR(32) NOT NULL, date TIMESTAMP DEFAULT CURRENT_TIMESTAMP, reason TEXT NOT NULL)",
-            ),
-            Shimmie::My(_) => (
-                "CREATE TABLE config(name VARCHAR(128) NOT NULL, value TEXT, PRIMARY KEY (name))",
-                "CREATE TABLE image_bans(id INTEGER PRIMARY KEY auto_increment, hash CHAR(32) NOT NULL, date TIMESTAMP DEFAULT CURRENT_TIMESTAMP, reason TEXT NOT NULL)",
-            ),
-            Shimmie::Lite(_) => (
-                "CREATE TABLE config(name VARCHAR(128) NOT NULL, value TEXT, PRIMARY KEY (name))",
-                "CREATE TABLE image_bans(id INTEGER PRIMARY KEY AUTOINCREMENT, hash CHAR(32) NOT NULL, date TIMESTAMP DEFAULT CURRENT_TIMESTAMP, reason TEXT NOT NULL)",
-            ),
+        let id = match self {
+            Shimmie::Pg(_) => "INTEGER NOT NULL PRIMARY KEY GENERATED ALWAYS AS IDENTITY",
+            Shimmie::My(_) => "INTEGER PRIMARY KEY auto_increment",
+            Shimmie::Lite(_) => "INTEGER PRIMARY KEY AUTOINCREMENT",
         };
-        self.exec(config).await;
-        self.exec(bans).await;
+        self.exec(CONFIG_TABLE).await;
+        self.exec(&BANS_TABLE.replace("{ID}", id)).await;
+    }
+
+    /// SQL written with `?` placeholders, numbered `$1, $2, ...` for PostgreSQL.
+    fn sql(&self, text: &str) -> AssertSqlSafe<String> {
+        let Shimmie::Pg(_) = self else {
+            return AssertSqlSafe(text.to_owned());
+        };
+        let mut out = String::new();
+        for (n, part) in text.split('?').enumerate() {
+            if n > 0 {
+                out.push_str(&format!("${n}"));
+            }
+            out.push_str(part);
+        }
+        AssertSqlSafe(out)
     }
 
     /// Runs one statement (test-controlled SQL, e.g. to write malformed rows).
     pub async fn exec(&self, sql: &str) {
         let sql = AssertSqlSafe(sql.to_owned());
-        let res = match self {
-            Shimmie::Pg(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
-            Shimmie::My(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
-            Shimmie::Lite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
-        };
-        res.expect("statement");
+        with_pool!(self, p => sqlx::query(sql).execute(p).await.map(|_| ())).expect("statement");
     }
 
     /// Saves a setting as Shimmie does: DELETE + INSERT (+ NOTIFY config on
-    /// PostgreSQL) in one transaction.
+    /// PostgreSQL; a no-op elsewhere) in one transaction.
     pub async fn set_config(&self, name: &str, value: Option<&str>) {
-        match self {
-            Shimmie::Pg(p) => {
-                let mut tx = p.begin().await.expect("begin");
-                sqlx::query("DELETE FROM config WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await
-                    .expect("delete");
-                sqlx::query("INSERT INTO config(name, value) VALUES($1, $2)")
-                    .bind(name)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
-                sqlx::query("NOTIFY config")
-                    .execute(&mut *tx)
-                    .await
-                    .expect("notify");
-                tx.commit().await.expect("commit");
+        let delete = self.sql("DELETE FROM config WHERE name = ?");
+        let insert = self.sql("INSERT INTO config(name, value) VALUES(?, ?)");
+        let notify = matches!(self, Shimmie::Pg(_));
+        with_pool!(self, p => {
+            let mut tx = p.begin().await.expect("begin");
+            let q = sqlx::query(delete).bind(name);
+            q.execute(&mut *tx).await.expect("delete");
+            let q = sqlx::query(insert).bind(name).bind(value);
+            q.execute(&mut *tx).await.expect("insert");
+            if notify {
+                sqlx::query("NOTIFY config").execute(&mut *tx).await.expect("notify");
             }
-            Shimmie::My(p) => {
-                let mut tx = p.begin().await.expect("begin");
-                sqlx::query("DELETE FROM config WHERE name = ?")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await
-                    .expect("delete");
-                sqlx::query("INSERT INTO config(name, value) VALUES(?, ?)")
-                    .bind(name)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
-                tx.commit().await.expect("commit");
-            }
-            Shimmie::Lite(p) => {
-                let mut tx = p.begin().await.expect("begin");
-                sqlx::query("DELETE FROM config WHERE name = ?")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await
-                    .expect("delete");
-                sqlx::query("INSERT INTO config(name, value) VALUES(?, ?)")
-                    .bind(name)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
-                tx.commit().await.expect("commit");
-            }
-        }
+            tx.commit().await.expect("commit");
+        })
     }
 
-    /// Bans a hash as Shimmie does; returns the row's id.
+    /// Bans a hash as Shimmie does; returns the new row's id.
     pub async fn ban(&self, hash: &str) -> i64 {
-        match self {
-            Shimmie::Pg(p) => sqlx::query(
-                "INSERT INTO image_bans (hash, reason, date) VALUES ($1, $2, now()) RETURNING id",
-            )
-            .bind(hash)
-            .bind("test")
-            .fetch_one(p)
-            .await
-            .expect("ban")
-            .get::<i32, _>(0)
-            .into(),
-            Shimmie::My(p) => {
-                sqlx::query("INSERT INTO image_bans (hash, reason, date) VALUES (?, ?, now())")
-                    .bind(hash)
-                    .bind("test")
-                    .execute(p)
-                    .await
-                    .expect("ban")
-                    .last_insert_id() as i64
-            }
-            // Shimmie registers now() as a SQLite function; CURRENT_TIMESTAMP is the same.
-            Shimmie::Lite(p) => sqlx::query(
-                "INSERT INTO image_bans (hash, reason, date) VALUES (?, ?, CURRENT_TIMESTAMP)",
-            )
-            .bind(hash)
-            .bind("test")
-            .execute(p)
-            .await
-            .expect("ban")
-            .last_insert_rowid(),
-        }
+        // Shimmie registers now() as a SQLite function; CURRENT_TIMESTAMP is the same.
+        let now = if let Shimmie::Lite(_) = self {
+            "CURRENT_TIMESTAMP"
+        } else {
+            "now()"
+        };
+        let insert = format!("INSERT INTO image_bans (hash, reason, date) VALUES (?, ?, {now})");
+        let insert = self.sql(&insert);
+        let newest = self.sql("SELECT id FROM image_bans WHERE hash = ? ORDER BY id DESC LIMIT 1");
+        with_pool!(self, p => {
+            sqlx::query(insert).bind(hash).bind("test").execute(p).await.expect("ban");
+            let row = sqlx::query(newest).bind(hash).fetch_one(p).await.expect("ban id");
+            row.try_get::<i64, _>(0).or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
+        })
+        .expect("ban id")
     }
 
     /// Unbans as Shimmie does: deletes every row for the hash.
     pub async fn unban(&self, hash: &str) {
-        let sql = match self {
-            Shimmie::Pg(_) => "DELETE FROM image_bans WHERE hash = $1",
-            _ => "DELETE FROM image_bans WHERE hash = ?",
-        };
-        let res = match self {
-            Shimmie::Pg(p) => sqlx::query(sql).bind(hash).execute(p).await.map(|_| ()),
-            Shimmie::My(p) => sqlx::query(sql).bind(hash).execute(p).await.map(|_| ()),
-            Shimmie::Lite(p) => sqlx::query(sql).bind(hash).execute(p).await.map(|_| ()),
-        };
-        res.expect("unban");
+        let delete = self.sql("DELETE FROM image_bans WHERE hash = ?");
+        with_pool!(self, p => sqlx::query(delete).bind(hash).execute(p).await.map(|_| ()))
+            .expect("unban");
     }
 
     /// Inserts `n` bans with distinct pseudo-random hashes, 1,000 rows a statement.
     pub async fn ban_many(&self, n: usize, seed: u64) {
-        let mut start = 0;
-        while start < n {
-            let end = (start + 1000).min(n);
-            let values: Vec<String> = (start..end)
+        for start in (0..n).step_by(1000) {
+            let values: Vec<String> = (start..(start + 1000).min(n))
                 .map(|i| format!("('{}', 'bulk', CURRENT_TIMESTAMP)", bulk_hash(seed, i)))
                 .collect();
+            let values = values.join(",");
             self.exec(&format!(
-                "INSERT INTO image_bans (hash, reason, date) VALUES {}",
-                values.join(",")
+                "INSERT INTO image_bans (hash, reason, date) VALUES {values}"
             ))
             .await;
-            start = end;
         }
     }
 
-    /// Refreshes the planner's statistics, as a live database has them.
+    /// Vacuums and refreshes the planner's statistics, as a live database's
+    /// autovacuum would have (PostgreSQL's first read after a bulk insert otherwise
+    /// also writes every page, setting hint bits).
     pub async fn analyze(&self) {
         match self {
-            Shimmie::Pg(_) | Shimmie::Lite(_) => self.exec("ANALYZE image_bans").await,
+            Shimmie::Pg(_) => self.exec("VACUUM ANALYZE image_bans").await,
             Shimmie::My(_) => self.exec("ANALYZE TABLE image_bans").await,
+            Shimmie::Lite(_) => self.exec("ANALYZE image_bans").await,
         }
     }
 
-    /// The query plan for `sql` with the engine's EXPLAIN, as text.
+    /// The plan of `sql` (a ban query with two placeholders) from the engine's EXPLAIN.
     pub async fn explain(&self, sql: &str, after_id: i64, limit: i64) -> String {
-        let lines: Vec<String> = match self {
-            Shimmie::Pg(p) => sqlx::query(AssertSqlSafe(format!(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"
-            )))
-            .bind(after_id)
-            .bind(limit)
-            .fetch_all(p)
-            .await
-            .expect("explain")
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect(),
-            Shimmie::My(p) => sqlx::query(AssertSqlSafe(format!("EXPLAIN {sql}")))
-                .bind(after_id)
-                .bind(limit)
-                .fetch_all(p)
-                .await
-                .expect("explain")
-                .iter()
-                .map(|r| {
-                    format!(
-                        "type={} key={}",
-                        r.get::<String, _>("type"),
-                        r.try_get::<String, _>("key").unwrap_or_default()
-                    )
-                })
-                .collect(),
-            Shimmie::Lite(p) => sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                .bind(after_id)
-                .bind(limit)
-                .fetch_all(p)
-                .await
-                .expect("explain")
-                .iter()
-                .map(|r| r.get::<String, _>("detail"))
-                .collect(),
+        let explain = match self {
+            Shimmie::Pg(_) => "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF)",
+            Shimmie::My(_) => "EXPLAIN",
+            Shimmie::Lite(_) => "EXPLAIN QUERY PLAN",
         };
+        let query = AssertSqlSafe(format!("{explain} {sql}"));
+        let lines: Vec<String> = with_pool!(self, p => {
+            let q = sqlx::query(query).bind(after_id).bind(limit);
+            let rows = q.fetch_all(p).await.expect("explain");
+            rows.iter().map(|r| plan_line(self, r)).collect()
+        });
         lines.join("\n")
+    }
+}
+
+/// One EXPLAIN row as text: PostgreSQL's line, MySQL's `type` and `key`, SQLite's detail.
+fn plan_line<R: Row>(db: &Shimmie, row: &R) -> String
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let text = |col: &str| row.try_get::<String, _>(col).unwrap_or_default();
+    match db {
+        Shimmie::Pg(_) => row.try_get::<String, _>(0).unwrap_or_default(),
+        Shimmie::My(_) => format!("type={} key={}", text("type"), text("key")),
+        Shimmie::Lite(_) => text("detail"),
     }
 }
 

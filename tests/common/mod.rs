@@ -326,6 +326,8 @@ pub struct OpsSpec {
     pub log_level: String,
     /// More keys under `shimmer.admin:`, each line indented four spaces.
     pub admin_extra: String,
+    /// More keys under `shimmer.cache:`, each line indented four spaces.
+    pub cache_extra: String,
     /// More keys under `shimmer:`, each line indented two spaces (e.g. a `tls:` block).
     pub shimmer_extra: String,
     /// More top-level (Pingora) keys.
@@ -344,6 +346,7 @@ impl OpsSpec {
             origins: vec![format!("http://{origin}")],
             log_level: "info".into(),
             admin_extra: String::new(),
+            cache_extra: String::new(),
             shimmer_extra: String::new(),
             top_extra: String::new(),
             grace_period_seconds: 1,
@@ -378,6 +381,7 @@ shimmer:
   cache:
     memory_bytes: 64M
     lock_timeout: 20s
+{cache_extra}
   admin:
     listen: "127.0.0.1:{admin}"
 {admin_extra}
@@ -391,6 +395,7 @@ shimmer:
             grace = self.grace_period_seconds,
             ilink = self.image_ilink,
             admin_extra = self.admin_extra,
+            cache_extra = self.cache_extra,
             shimmer_extra = self.shimmer_extra,
             log_level = self.log_level,
         )
@@ -749,4 +754,70 @@ pub fn free_privileged_port() -> Option<u16> {
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid(2) cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+// ---- Disk tier helpers (tests/disk_*.rs) ----
+
+/// Waits up to `timeout` for a line containing `needle` in the process's log.
+pub fn wait_for_log(proc: &Proc, needle: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(line) = proc.log_text().lines().find(|l| l.contains(needle)) {
+            return Some(line.to_owned());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every regular file under `dir`, recursively (empty when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Where the disk tier keeps an object: `<dir>/<silo>/<ab>/<cd>/<hash>`.
+pub fn cache_path(dir: &Path, silo: &str, hash: &str) -> PathBuf {
+    dir.join(silo)
+        .join(&hash[0..2])
+        .join(&hash[2..4])
+        .join(hash)
+}
+
+/// A JPEG-looking body that also ends with the end-of-image marker (as real ones do).
+pub fn whole_jpeg(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = jpeg_bytes(len - 2, seed);
+    v.extend_from_slice(&[0xFF, 0xD9]);
+    v
+}
+
+/// One mirror that owns everything, in front of `origin`, with `extra_cache` lines.
+pub fn owner_mirror(work: &Path, origin: &str, port: u16, extra_cache: &str) -> Mirror {
+    Mirror::start(
+        work,
+        &MirrorSpec {
+            node: "a",
+            port,
+            origins: vec![origin.to_owned()],
+            image_ilink: format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext"),
+            image_tlink: format!("http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"),
+            extra_cache,
+            extra_origin: "",
+        },
+    )
 }
