@@ -51,11 +51,16 @@ impl ServeHttp for AdminApp {
         let method = req.method.clone();
         let path = req.uri.path().to_owned();
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(),
-            ),
+            ("GET", "/metrics") => {
+                if let Some(sync) = self.shared.sync.get() {
+                    metrics::observe_sync(&sync.status());
+                }
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics::render(),
+                )
+            }
             ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
             ("GET", "/readyz") => {
                 if self.shared.ready.load(Ordering::SeqCst) {
@@ -114,7 +119,30 @@ impl AdminApp {
             "view_version": self.shared.view_version.load(Ordering::SeqCst),
             "silos": silos,
             "cache": tiers,
-            "source": {"kind": "static", "up": true},
+            "source": self.source_status(),
+        })
+    }
+
+    fn source_status(&self) -> serde_json::Value {
+        let Some(sync) = self.shared.sync.get() else {
+            return json!({"kind": "static", "up": true});
+        };
+        let st = sync.status();
+        let unix = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        json!({
+            "kind": st.engine,
+            "up": st.up,
+            "last_success_unix": unix(st.last_success),
+            "bans_known": st.bans_known,
+            "views_installed": st.view_version,
+            "last_error": st.last_error,
+            "sync_errors": st.sync_errors,
+            "template_error": st.template_error,
+            "template_errors": st.template_errors,
+            "restored_from_disk": st.restored_from_disk,
         })
     }
 

@@ -66,6 +66,8 @@ pub struct RawShimmer {
     pub origin: RawOrigin,
     #[serde(default = "default_source")]
     pub source: String,
+    #[serde(default)]
+    pub sync: RawSync,
     #[serde(rename = "static", default)]
     pub static_fleet: RawStaticFleet,
     #[serde(default)]
@@ -155,6 +157,26 @@ impl Default for RawHttp {
 fn default_listen() -> Vec<String> {
     vec!["0.0.0.0:8080".into()]
 }
+/// `shimmer.sync`: how the database source is read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSync {
+    pub interval: Seconds,
+    pub full_reread: Seconds,
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        let d = crate::sync::SyncOptions::default();
+        RawSync {
+            interval: Seconds(d.interval),
+            full_reread: Seconds(d.full_reread),
+            state_file: None,
+        }
+    }
+}
+
 fn default_source() -> String {
     "static".into()
 }
@@ -204,6 +226,9 @@ pub struct Settings {
     pub log_level: String,
     pub admin: ops::Admin,
     pub tls: Option<ops::Tls>,
+    /// The Shimmie database DSN; `None` for the `static` source.
+    pub source: Option<String>,
+    pub sync: crate::sync::SyncOptions,
 }
 
 /// The whole file: Pingora's part and shimmer's part, both validated.
@@ -307,12 +332,28 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
             "proxy mode is not available yet; use redirect".into(),
         ));
     }
-    if raw.source != "static" {
-        return Err(invalid(
-            "shimmer.source",
-            format!("{:?}: only `static` is available in this build", raw.source),
-        ));
+    let source = match raw.source.trim() {
+        "static" => None,
+        dsn => {
+            // Syntax only: a database that is down now must not stop the mirror.
+            crate::shimmie::connect(dsn).map_err(|e| invalid("shimmer.source", e.to_string()))?;
+            Some(dsn.to_owned())
+        }
+    };
+    for (key, d) in [
+        ("shimmer.sync.interval", raw.sync.interval),
+        ("shimmer.sync.full_reread", raw.sync.full_reread),
+    ] {
+        if d.0.is_zero() {
+            return Err(invalid(key, "must be greater than zero".into()));
+        }
     }
+    let sync = crate::sync::SyncOptions {
+        interval: raw.sync.interval.0,
+        full_reread: raw.sync.full_reread.0,
+        state_path: raw.sync.state_file.clone(),
+        ..crate::sync::SyncOptions::default()
+    };
     if raw.origin.servers.is_empty() {
         return Err(invalid(
             "shimmer.origin.servers",
@@ -390,6 +431,8 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
         log_level: raw.log_level,
         admin,
         tls,
+        source,
+        sync,
     })
 }
 
@@ -399,11 +442,17 @@ fn disk_config(raw: &RawCache) -> Result<Option<DiskConfig>, (&'static str, Stri
     let Some(dir) = &raw.dir else {
         let stray = [
             ("shimmer.cache.disk_bytes", raw.disk_bytes.is_some()),
-            ("shimmer.cache.disk_max_object_bytes", raw.disk_max_object_bytes.is_some()),
+            (
+                "shimmer.cache.disk_max_object_bytes",
+                raw.disk_max_object_bytes.is_some(),
+            ),
             ("shimmer.cache.fsync", raw.fsync),
         ];
         return match stray.iter().find(|(_, set)| *set) {
-            Some((key, _)) => Err((key, "only applies with shimmer.cache.dir (the disk tier)".into())),
+            Some((key, _)) => Err((
+                key,
+                "only applies with shimmer.cache.dir (the disk tier)".into(),
+            )),
             None => Ok(None),
         };
     };
@@ -415,7 +464,10 @@ fn disk_config(raw: &RawCache) -> Result<Option<DiskConfig>, (&'static str, Stri
     }
     let budget = raw
         .disk_bytes
-        .ok_or(("shimmer.cache.disk_bytes", "is required when dir is set".to_owned()))?
+        .ok_or((
+            "shimmer.cache.disk_bytes",
+            "is required when dir is set".to_owned(),
+        ))?
         .0;
     if budget < MIN_DISK_BYTES {
         return Err(("shimmer.cache.disk_bytes", "must be at least 16M".into()));

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
@@ -17,6 +18,7 @@ use shimmer::config::{self, Loaded};
 use shimmer::proxy::Mirror;
 use shimmer::reload::{self, LogLevelHook, Reloader};
 use shimmer::state::{CacheParts, Shared};
+use shimmer::sync::{SyncService, SyncTarget};
 use shimmer::tls::CertStore;
 use shimmer::{metrics, origin, owners};
 
@@ -108,8 +110,10 @@ fn run(
     server.bootstrap();
     metrics::init();
     metrics::set_node(&settings.node);
-    // Only the static source exists in this build: nothing to lose touch with.
-    metrics::sync_static_source();
+    if settings.source.is_none() {
+        // The YAML's own templates: nothing to lose touch with.
+        metrics::sync_static_source();
+    }
 
     let cache = CacheParts::leak(&settings);
     let listen = settings.listen.clone();
@@ -117,7 +121,28 @@ fn run(
     let tls = settings.tls.clone();
     let admin_listen = settings.admin.listen;
     let certs = tls.as_ref().map(|t| CertStore::new(t.certs.clone()));
+    let source = settings.source.clone();
+    let sync_options = settings.sync.clone();
     let shared = Shared::new(settings, fleet, cache, certs.clone());
+    if let Some(dsn) = source {
+        let source = match shimmer::shimmie::connect(&dsn) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("shimmer: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let target: Arc<dyn SyncTarget> = shared.clone();
+        let sync = background_service(
+            "Shimmie sync",
+            SyncService::new(source, target, sync_options),
+        );
+        // The last view and bans saved on disk serve from the first request, before
+        // the database answers (or while it does not).
+        sync.task().preload();
+        let _ = shared.sync.set(sync.task());
+        server.add_service(sync);
+    }
     {
         let shared = shared.clone();
         metrics::register_tiers(move || shared.tier_stats());

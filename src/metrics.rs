@@ -177,6 +177,29 @@ pub fn set_node(node: &str) {
         .set(1);
 }
 
+/// Copies the database sync's status into the sync metrics (at scrape time). Its
+/// error counts are cumulative, so the counters advance by the difference.
+pub fn observe_sync(status: &crate::sync::SyncStatus) {
+    SYNC_UP.set(i64::from(status.up));
+    if let Some(t) = status.last_success {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        SYNC_LAST_SUCCESS.set(secs);
+    }
+    SYNC_BANS.set(i64::try_from(status.bans_known).unwrap_or(i64::MAX));
+    for (counter, total) in [
+        (&*SYNC_ERRORS, status.sync_errors),
+        (&*SYNC_TEMPLATE_ERRORS, status.template_errors),
+    ] {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+}
+
 /// For a static source (the YAML's `static:` block): always up, and no sync round ever
 /// runs, so the last-success time stays 0.
 pub fn sync_static_source() {

@@ -42,6 +42,8 @@ impl Mirror {
 pub enum Outcome {
     Pending,
     Rejected,
+    /// The hash is banned in Shimmie: 404 whatever any cache or origin holds.
+    Banned,
     Redirect,
     Served,
     Error,
@@ -108,6 +110,16 @@ impl ProxyHttp for Mirror {
                 return Ok(true);
             }
         };
+        if self.shared.bans.contains(&media.hash) {
+            ctx.outcome = Outcome::Banned;
+            ctx.media = Some(media);
+            let reject = Reject {
+                status: 404,
+                reason: "not found",
+            };
+            respond_text(session, &ctx.settings, reject).await?;
+            return Ok(true);
+        }
         let fleet = self.shared.fleet.load();
         let owners = fleet.owners(media.silo, &media.hash);
         let node = ctx.settings.node.as_str();
@@ -396,6 +408,7 @@ impl ProxyHttp for Mirror {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let outcome = match ctx.outcome {
             Outcome::Rejected => "rejected",
+            Outcome::Banned => "banned",
             Outcome::Redirect => "redirect",
             Outcome::Error | Outcome::Pending => "error",
             Outcome::Served if status == 404 => "not_found",

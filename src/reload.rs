@@ -82,8 +82,20 @@ impl Reloader {
             .then(|| (old.log_level.clone(), new.log_level.clone()));
         let node_changed = new.node != old.node;
         let node = new.node.clone();
+        // With a database source the view follows the database; the YAML's `static`
+        // templates only matter at start (before the first sync or the state file).
+        let static_source = new.source.is_none();
+        if old.source != new.source {
+            tracing::warn!(
+                "reload: shimmer.source cannot change in a running process; the old \
+                 source stays until a graceful upgrade (SIGQUIT + `shimmer -u`)"
+            );
+            new.source = old.source.clone();
+        }
         self.shared.settings.store(Arc::new(new));
-        self.shared.install_view(loaded.fleet);
+        if static_source && old.source.is_none() {
+            self.shared.install_view(loaded.fleet);
+        }
         if node_changed {
             metrics::set_node(&node);
         }

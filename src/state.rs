@@ -4,8 +4,10 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use arc_swap::ArcSwap;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -17,6 +19,8 @@ use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
 use crate::fleet::{FleetView, Silo};
 use crate::metrics;
+use crate::shimmie::Bans;
+use crate::sync::{SyncService, SyncTarget};
 use crate::tls::CertStore;
 use pingora_cache::CacheKey;
 
@@ -43,12 +47,11 @@ impl CacheParts {
         // A writer holding the lock longer than this is presumed dead and others compete
         // for the lock again; a slow origin streaming a big video must not trip it.
         let lock_age = settings.lock_timeout.max(Duration::from_secs(1)) * 6;
-        let memory: &'static MemoryStorage = Box::leak(Box::new(
-            MemoryStorage::with_max_object_bytes(
+        let memory: &'static MemoryStorage =
+            Box::leak(Box::new(MemoryStorage::with_max_object_bytes(
                 usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX),
                 usize::try_from(settings.max_object_bytes).unwrap_or(usize::MAX),
-            ),
-        ));
+            )));
         let disk = settings
             .disk
             .clone()
@@ -74,6 +77,10 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The TLS certificates in force, when TLS is configured.
     pub certs: Option<Arc<CertStore>>,
+    /// Banned hashes (from Shimmie's `image_bans`): 404 whatever any cache holds.
+    pub bans: Bans,
+    /// The database sync, when the source is a database (for status and metrics).
+    pub sync: OnceLock<Arc<SyncService>>,
 }
 
 impl Shared {
@@ -90,6 +97,8 @@ impl Shared {
             view_version: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             certs,
+            bans: Bans::new(),
+            sync: OnceLock::new(),
         });
         shared.record_view(&shared.fleet.load(), 1);
         shared
@@ -163,4 +172,30 @@ pub fn primary_share(view: &FleetView, silo: Silo, node: &str) -> f64 {
         }
     }
     f64::from(hits) / f64::from(SAMPLE)
+}
+
+/// The database sync drives the mirror through this seam.
+#[async_trait]
+impl SyncTarget for Shared {
+    fn algorithm(&self) -> crate::fleet::Algorithm {
+        self.settings.load().fleet.algorithm
+    }
+
+    fn install_view(&self, spec: crate::fleet::FleetSpec, view: FleetView) {
+        tracing::info!(
+            "fleet view from the database: image_ilink {:?}, image_tlink {:?}",
+            spec.image_ilink,
+            spec.image_tlink
+        );
+        Shared::install_view(self, view);
+    }
+
+    fn bans(&self) -> &Bans {
+        &self.bans
+    }
+
+    async fn purge(&self, hash: &str) {
+        metrics::PURGES.with_label_values(&["ban"]).inc();
+        self.purge_hash(hash);
+    }
 }

@@ -197,11 +197,13 @@ fn disk_tier_is_off_by_default_and_configured_with_dir_and_disk_bytes() {
     assert_eq!(disk.budget_bytes, 400 << 30);
     assert_eq!(disk.max_object_bytes, 1 << 30);
     assert!(!disk.fsync);
-    let text = format!(
-        "{GOOD}  cache:\n    dir: /c\n    disk_bytes: 64M\n    fsync: true\n"
-    );
+    let text = format!("{GOOD}  cache:\n    dir: /c\n    disk_bytes: 64M\n    fsync: true\n");
     let disk = parse_str(&text).unwrap().settings.disk.unwrap();
-    assert_eq!(disk.max_object_bytes, 8 << 20, "default: an eighth of a small tier");
+    assert_eq!(
+        disk.max_object_bytes,
+        8 << 20,
+        "default: an eighth of a small tier"
+    );
     assert!(disk.fsync);
     let text = format!(
         "{GOOD}  cache:\n    dir: /c\n    disk_bytes: 1G\n    disk_max_object_bytes: 300M\n"
@@ -213,10 +215,20 @@ fn disk_tier_is_off_by_default_and_configured_with_dir_and_disk_bytes() {
 #[test]
 fn disk_tier_needs_disk_bytes_and_an_absolute_dir() {
     let e = error_of(&format!("{GOOD}  cache:\n    dir: /c\n"));
-    assert!(e.contains("shimmer.cache.disk_bytes") && e.contains("required"), "{e}");
-    let e = error_of(&format!("{GOOD}  cache:\n    dir: cache\n    disk_bytes: 1G\n"));
-    assert!(e.contains("shimmer.cache.dir") && e.contains("absolute"), "{e}");
-    let e = error_of(&format!("{GOOD}  cache:\n    dir: /c\n    disk_bytes: 1M\n"));
+    assert!(
+        e.contains("shimmer.cache.disk_bytes") && e.contains("required"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{GOOD}  cache:\n    dir: cache\n    disk_bytes: 1G\n"
+    ));
+    assert!(
+        e.contains("shimmer.cache.dir") && e.contains("absolute"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{GOOD}  cache:\n    dir: /c\n    disk_bytes: 1M\n"
+    ));
     assert!(e.contains("shimmer.cache.disk_bytes"), "{e}");
     let e = error_of(&format!(
         "{GOOD}  cache:\n    dir: /c\n    disk_bytes: 1G\n    disk_max_object_bytes: 2G\n"
@@ -229,7 +241,10 @@ fn disk_keys_without_dir_are_refused() {
     for line in ["disk_bytes: 1G", "disk_max_object_bytes: 1G", "fsync: true"] {
         let e = error_of(&format!("{GOOD}  cache:\n    {line}\n"));
         let key = line.split(':').next().unwrap();
-        assert!(e.contains(&format!("shimmer.cache.{key}")) && e.contains("dir"), "{e}");
+        assert!(
+            e.contains(&format!("shimmer.cache.{key}")) && e.contains("dir"),
+            "{e}"
+        );
     }
 }
 
@@ -238,4 +253,27 @@ fn an_unusable_cache_dir_is_not_a_config_error() {
     // Checked when the mirror starts (logged, counted, served from memory), not here.
     let text = format!("{GOOD}  cache:\n    dir: /proc/nope/cache\n    disk_bytes: 1G\n");
     assert!(parse_str(&text).is_ok());
+}
+
+#[test]
+fn database_sources_are_accepted_by_dsn_without_connecting() {
+    for dsn in [
+        "postgres://shimmie@127.0.0.1:1/shimmie",
+        "mysql://shimmie@127.0.0.1:1/shimmie",
+        "sqlite:///nonexistent/dir/shimmie.db",
+    ] {
+        let l = parse_str(&broken(
+            "  node: a",
+            &format!("  node: a\n  source: \"{dsn}\""),
+        ))
+        .unwrap();
+        assert_eq!(l.settings.source.as_deref(), Some(dsn));
+    }
+    assert_eq!(parse_str(GOOD).unwrap().settings.source, None);
+}
+
+#[test]
+fn zero_sync_interval_is_refused() {
+    let e = error_of(&format!("{GOOD}  sync:\n    interval: 0s\n"));
+    assert!(e.contains("shimmer.sync.interval"), "{e}");
 }

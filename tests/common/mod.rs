@@ -175,8 +175,11 @@ shimmer:
     memory_bytes: 256M
     lock_timeout: 20s
 {extra_cache}
+  admin:
+    listen: "127.0.0.1:{admin_port}"
   log_level: info
 "#,
+        admin_port = free_port(),
         work = path_str(work),
         port = s.port,
         node = s.node,
@@ -189,10 +192,15 @@ shimmer:
 
 impl Mirror {
     pub fn start(work: &Path, spec: &MirrorSpec) -> Mirror {
-        let conf = work.join(format!("mirror-{}.yaml", spec.port));
-        std::fs::write(&conf, mirror_yaml(work, spec)).expect("write config");
-        let addr: SocketAddr = format!("127.0.0.1:{}", spec.port).parse().expect("addr");
-        let log = work.join(format!("mirror-{}.log", spec.port));
+        Mirror::start_yaml(work, spec.port, &mirror_yaml(work, spec))
+    }
+
+    /// Starts a mirror on a config text (e.g. `mirror_yaml` with lines added).
+    pub fn start_yaml(work: &Path, port: u16, yaml: &str) -> Mirror {
+        let conf = work.join(format!("mirror-{port}.yaml"));
+        std::fs::write(&conf, yaml).expect("write config");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = work.join(format!("mirror-{port}.log"));
         let mut proc = Proc::spawn(&["-c", path_str(&conf)], log);
         wait_for_port(&mut proc, addr, "mirror");
         Mirror { proc, addr, conf }
