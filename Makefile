@@ -3,15 +3,25 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/shimmer
 
-# Debian packages the build and the tests need, as "command:package" pairs.
-BUILD_DEPS := cmake:cmake pkg-config:pkg-config cc:gcc perl:perl make:make curl:curl promtool:prometheus openssl:openssl /usr/lib/postgresql/*/bin/postgres:postgresql /usr/sbin/mariadbd:mariadb-server # DB servers are off PATH on Debian: absolute paths (the glob expands in `command -v`)
-.PHONY: all deps build run demo test lint bench clean
+# Debian packages, as "command:package" pairs: a package is installed only when its
+# command is missing. The database servers live off PATH on Debian, hence the paths
+# (the glob expands in `command -v`).
+BUILD_DEPS := cmake:cmake pkg-config:pkg-config cc:gcc perl:perl make:make curl:curl
+TEST_DEPS := promtool:prometheus openssl:openssl \
+  /usr/lib/postgresql/*/bin/postgres:postgresql /usr/sbin/mariadbd:mariadb-server
+.PHONY: all deps test-deps install-missing build run demo test lint bench clean
 
 all: build
 
 # Installs only what is missing; `apt-get update` runs once, and only if needed.
 deps:
-	@missing=""; for pair in $(BUILD_DEPS); do \
+	@$(MAKE) --no-print-directory install-missing PAIRS="$(BUILD_DEPS)"
+
+test-deps: deps
+	@$(MAKE) --no-print-directory install-missing PAIRS="$(TEST_DEPS)"
+
+install-missing:
+	@missing=""; for pair in $(PAIRS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -35,7 +45,7 @@ demo: build
 
 # The whole suite: unit, property and integration tests, on one release build that
 # the integration tests share (they start target/release/shimmer).
-test: deps
+test: test-deps
 	$(CARGO) test --release --locked --all-targets
 
 lint:
