@@ -277,9 +277,13 @@ impl ServiceWithDependents for Prebound {
 /// Logs to stderr at `filter` (RUST_LOG, when set, wins at start). Returns the hook
 /// that a reload uses to change the filter live.
 fn init_tracing(filter: &str) -> Option<LogLevelHook> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // An empty RUST_LOG (e.g. `Environment=RUST_LOG=`) would silence everything.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(filter).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -241,6 +241,15 @@ mod tests {
             "shimmer_sent_bytes_total",
             "shimmer_origin_requests_total",
             "shimmer_origin_response_seconds",
+            // Created by init() with their known labels, before any event.
+            "shimmer_config_reloads_total",
+            "shimmer_tls_handshakes_total",
+            "shimmer_purges_total",
+            "shimmer_sync_up",
+            "shimmer_sync_errors_total",
+            "shimmer_sync_template_errors_total",
+            "shimmer_sync_last_success_timestamp_seconds",
+            "shimmer_sync_bans",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -448,11 +448,7 @@ impl SyncService {
             return;
         };
         let bans = self.target.bans().snapshot();
-        let snapshot = Snapshot::now(
-            spec.image_ilink.clone(),
-            spec.image_tlink.clone(),
-            bans.to_vec(),
-        );
+        let snapshot = Snapshot::now(spec.image_ilink.clone(), spec.image_tlink.clone(), bans);
         let saved = tokio::task::spawn_blocking(move || persist::save(&path, &snapshot)).await;
         match saved {
             Ok(Ok(())) => st.dirty = false,

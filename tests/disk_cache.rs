@@ -289,7 +289,8 @@ async fn a_corrupt_cache_file_is_a_miss_refetched_and_replaced() {
     assert_eq!((st, header(&h, "x-cache")), (StatusCode::OK, "MISS"));
     assert_eq!(sha256(&body), sha256(&bytes));
     assert_eq!(s.origin.requests().await, 3);
-    assert_eq!(std::fs::metadata(&path).expect("replaced").len(), file.len() as u64);
+    let replaced = std::fs::metadata(&path).expect("replaced").len();
+    assert!(replaced > bytes.len() as u64, "a whole object is on disk again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

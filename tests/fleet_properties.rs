@@ -13,6 +13,64 @@ use std::sync::Arc;
 
 const KEYS: u64 = 100_000;
 
+/// Counts this thread's heap allocations, to check that lookups make none.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; the counter is a
+// const-initialised thread-local `Cell`, which never allocates.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// FleetView::owners allocates nothing, for both algorithms and every top-2 path.
+#[test]
+fn lookups_do_not_allocate() {
+    let layouts: [fn(usize) -> i64; 3] = [|_| 5, |i| 5 + 5 * (i % 2) as i64, |i| i as i64];
+    for algorithm in [Algorithm::Rendezvous, Algorithm::Flexihash] {
+        for weight in layouts {
+            let opts: Vec<String> = (0..40).map(|i| format!("m{i}={}", weight(i) + 1)).collect();
+            let spec = shimmer::fleet::FleetSpec {
+                image_ilink: Some(format!(
+                    "https://{{{}}}.x/_images/$hash/a.jpg",
+                    opts.join(",")
+                )),
+                image_tlink: None,
+                algorithm,
+            };
+            let view = shimmer::fleet::FleetView::build(&spec).unwrap();
+            let hashes: Vec<String> = keys(7, 500).collect();
+            // The counter sees allocations at all.
+            let probe = ALLOCATIONS.with(|c| c.get());
+            std::hint::black_box(view.node_url(Silo::Images, "m1", &hashes[0], "/a.jpg"));
+            assert!(ALLOCATIONS.with(|c| c.get()) > probe);
+            let before = ALLOCATIONS.with(|c| c.get());
+            for hash in &hashes {
+                for silo in Silo::ALL {
+                    std::hint::black_box(view.owners(silo, hash));
+                }
+            }
+            let after = ALLOCATIONS.with(|c| c.get());
+            assert_eq!(after - before, 0, "{algorithm:?}");
+        }
+    }
+}
+
 /// Deterministic image-hash-like keys (32 lowercase hex) from a seed.
 fn keys(seed: u64, count: u64) -> impl Iterator<Item = String> {
     fn splitmix(x: &mut u64) -> u64 {

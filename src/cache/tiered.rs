@@ -267,7 +267,14 @@ impl Storage for TieredStorage {
             return Ok(None);
         };
         let Some((meta, hit)) = disk.lookup_object(obj).await else {
-            return Ok(None);
+            // Pingora takes the cache lock right after a miss, and a writer releases it as
+            // soon as its fill is registered (streaming partial writes). A fill that
+            // started while the disk was being looked at must be found now, or this
+            // request would become a second writer: look again before saying "miss".
+            if let Some(fill) = self.active_fill(&key.combined_bin()) {
+                return fill.hit().map(Some);
+            }
+            return self.memory.lookup(key, trace).await;
         };
         let promote = self.fits_memory(hit.body_len(), hit.meta_bytes().len());
         let hit = TieredHit::new(self, key.clone(), hit, promote);
