@@ -331,7 +331,7 @@ impl prometheus::core::Collector for TierCollector {
                     label.set_name("tier".into());
                     label.set_value(t.tier.into());
                     let mut m = Metric::default();
-                    m.set_label(vec![label].into());
+                    m.set_label(vec![label]);
                     if *counter {
                         let mut c = Counter::default();
                         c.set_value(v);

@@ -303,6 +303,16 @@ impl ProxyHttp for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.outcome = Outcome::Served;
+        // A bodiless answer (HEAD, 304, 416) to a miss ends while the fill still reads the
+        // origin's body; Pingora may then drop the connection under a client that has
+        // already sent its next request on it. Saying `Connection: close` up front
+        // makes the client open a new one instead of losing that request.
+        let bodiless = session.req_header().method == http::Method::HEAD
+            || resp.status == http::StatusCode::NOT_MODIFIED
+            || resp.status == http::StatusCode::RANGE_NOT_SATISFIABLE;
+        if bodiless && matches!(session.cache.phase(), CachePhase::Miss) {
+            session.set_keepalive(None);
+        }
         let s = &ctx.settings;
         let cache_control = match resp.status.as_u16() {
             200 | 206 | 304 => s.cache_control.clone(),

@@ -127,6 +127,7 @@ struct LoopState {
     last_full: Option<Instant>,
     /// Settings or bans changed since the state file was written.
     dirty: bool,
+    save_failing: bool,
     down_since: Option<Instant>,
 }
 
@@ -215,15 +216,14 @@ impl SyncService {
             cursor: i64::MIN,
             last_full: None,
             dirty: false,
+            save_failing: false,
             down_since: None,
         };
-        let cap = self
-            .opts
-            .max_backoff
-            .min(self.opts.interval)
-            .max(self.opts.min_backoff);
-        let mut backoff = Backoff::new(self.opts.min_backoff, cap);
-        let mut listen_backoff = Backoff::new(self.opts.min_backoff, cap);
+        let o = &self.opts;
+        let cap = o.max_backoff.min(o.interval).max(o.min_backoff);
+        let mut backoff = Backoff::new(o.min_backoff, cap);
+        let mut listen_backoff = Backoff::new(o.min_backoff, cap);
+        let mut listen_failing = false;
         loop {
             let round = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -239,30 +239,37 @@ impl SyncService {
             self.mark_up(&mut st);
             backoff.reset();
 
-            let until_full = st.last_full.map_or(Duration::ZERO, |t| {
-                self.opts.full_reread.saturating_sub(t.elapsed())
-            });
-            let wait = self
-                .opts
-                .interval
-                .min(until_full)
-                .max(Duration::from_millis(10));
+            let since_full = st.last_full.map_or(o.full_reread, |t| t.elapsed());
+            let until_full = o.full_reread.saturating_sub(since_full);
+            let wait = o.interval.min(until_full).max(Duration::from_millis(10));
             let change = tokio::select! {
                 _ = shutdown.changed() => return,
                 c = self.source.wait_for_change(wait) => c,
             };
+            if change.is_ok() {
+                listen_backoff.reset();
+            }
             match change {
                 Ok(Change::Notified { channel, payload }) => {
-                    listen_backoff.reset();
                     tracing::debug!("sync: notified on {channel} ({payload:?})");
                 }
                 Ok(Change::Subscribed) => {
-                    listen_backoff.reset();
-                    tracing::debug!("sync: listening for notifications");
+                    if std::mem::take(&mut listen_failing) {
+                        tracing::info!("sync: notifications are back");
+                    }
                 }
-                Ok(Change::Timeout) => listen_backoff.reset(),
+                Ok(Change::Timeout) => {}
                 Err(e) => {
-                    // The next round tells whether the database itself is down.
+                    // While the database answers queries (a pooler without LISTEN,
+                    // say), say once that only polling is left; an outage is
+                    // reported by the next round instead.
+                    if !listen_failing && self.status.load().up {
+                        tracing::warn!(
+                            "sync: no notifications, polling every {:?}: {e}",
+                            self.opts.interval
+                        );
+                        listen_failing = true;
+                    }
                     tracing::debug!("sync: {e}");
                     if pause(&mut shutdown, listen_backoff.delay()).await {
                         return;
@@ -273,10 +280,8 @@ impl SyncService {
     }
 
     async fn round(&self, st: &mut LoopState) -> Result<(), SourceError> {
-        match self
-            .timed("reading config", self.source.read_settings())
-            .await
-        {
+        let settings = self.timed("reading config", self.source.read_settings());
+        match settings.await {
             Ok(settings) => self.apply_settings(st, settings),
             Err(SourceError::BadValue { key, reason }) => {
                 self.reject(
@@ -365,9 +370,8 @@ impl SyncService {
     async fn sync_bans(&self, st: &mut LoopState) -> Result<(), SourceError> {
         let bans = self.target.bans();
         let page = self.opts.ban_page.max(1);
-        let full_due = st
-            .last_full
-            .is_none_or(|t| t.elapsed() >= self.opts.full_reread);
+        let full_reread = self.opts.full_reread;
+        let full_due = st.last_full.is_none_or(|t| t.elapsed() >= full_reread);
         let mut added = Vec::new();
         if full_due {
             let started = Instant::now();
@@ -399,12 +403,8 @@ impl SyncService {
             });
         } else {
             loop {
-                let batch = self
-                    .timed(
-                        "reading image_bans",
-                        self.source.bans_after(st.cursor, page),
-                    )
-                    .await?;
+                let call = self.source.bans_after(st.cursor, page);
+                let batch = self.timed("reading image_bans", call).await?;
                 if let Some(last) = batch.last_id {
                     st.cursor = st.cursor.max(last);
                 }
@@ -419,18 +419,13 @@ impl SyncService {
         // The set already answers 404 for these; purging frees the caches.
         if !added.is_empty() {
             let count = added.len();
-            if count <= 20 {
-                for hash in &added {
-                    tracing::info!(
-                        "sync: banned {}: purging it from every cache tier",
-                        format_md5(*hash)
-                    );
-                }
-            } else {
-                tracing::info!("sync: {count} new bans: purging them from every cache tier");
-            }
+            tracing::info!("sync: {count} new bans: purging them from every cache tier");
             for hash in added {
-                self.target.purge(&format_md5(hash)).await;
+                let hash = format_md5(hash);
+                if count <= 20 {
+                    tracing::info!("sync: banned {hash}");
+                }
+                self.target.purge(&hash).await;
             }
             // metrics: shimmer_sync_purges_total += count
             self.update(|s| s.purges += count as u64);
@@ -450,10 +445,17 @@ impl SyncService {
         let bans = self.target.bans().snapshot();
         let snapshot = Snapshot::now(spec.image_ilink.clone(), spec.image_tlink.clone(), bans);
         let saved = tokio::task::spawn_blocking(move || persist::save(&path, &snapshot)).await;
-        match saved {
-            Ok(Ok(())) => st.dirty = false,
-            Ok(Err(e)) => tracing::warn!("sync: cannot save the state file (will retry): {e}"),
-            Err(e) => tracing::warn!("sync: saving the state file failed: {e}"),
+        let error = match saved {
+            Ok(Ok(())) => {
+                (st.dirty, st.save_failing) = (false, false);
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        // Retried every round; said once.
+        if !std::mem::replace(&mut st.save_failing, true) {
+            tracing::warn!("sync: cannot save the state file (will retry): {error}");
         }
     }
 

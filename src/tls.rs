@@ -44,7 +44,7 @@ impl CertStore {
 
 fn pick<'a>(certs: &'a [CertKey], sni: Option<&str>) -> Option<&'a CertKey> {
     if let Some(name) = sni.map(str::to_ascii_lowercase) {
-        if let Some(c) = certs.iter().find(|c| c.names.iter().any(|n| *n == name)) {
+        if let Some(c) = certs.iter().find(|c| c.names.contains(&name)) {
             return Some(c);
         }
         if let Some((_, parent)) = name.split_once('.') {

@@ -87,27 +87,44 @@ async fn objects_survive_a_restart_and_are_served_from_disk() {
         let (st, h, body) = get(&c, &m.url(&format!("/{silo}/{hash}/x.jpg")), &[]).await;
         assert_eq!((st, header(&h, "x-cache")), (StatusCode::OK, "MISS"));
         assert_eq!(sha256(&body), sha256(bytes));
-        assert!(cache_path(&s.cache, silo, hash).is_file(), "{silo} not on disk");
+        assert!(
+            cache_path(&s.cache, silo, hash).is_file(),
+            "{silo} not on disk"
+        );
     }
     stop(m);
     let m = s.mirror("");
     for (silo, hash, bytes) in [("_images", &hs, &small), ("_thumbs", &hb, &big)] {
         let url = m.url(&format!("/{silo}/{hash}/y.jpg"));
         let (st, h, body) = get(&c, &url, &[]).await;
-        assert_eq!((st, header(&h, "x-cache")), (StatusCode::OK, "HIT"), "{silo}");
+        assert_eq!(
+            (st, header(&h, "x-cache")),
+            (StatusCode::OK, "HIT"),
+            "{silo}"
+        );
         assert_eq!(sha256(&body), sha256(bytes));
         assert_eq!(header(&h, "etag"), format!("\"{hash}\""));
         assert_eq!(header(&h, "content-type"), "image/jpeg");
         // Range and HEAD on a disk hit.
         let (st, h, body) = get(&c, &url, &[("range", "bytes=1000-1999")]).await;
         assert_eq!(st, 206);
-        assert_eq!(header(&h, "content-range"), format!("bytes 1000-1999/{}", bytes.len()));
+        assert_eq!(
+            header(&h, "content-range"),
+            format!("bytes 1000-1999/{}", bytes.len())
+        );
         assert_eq!(body, &bytes[1000..2000]);
         let resp = c.head(&url).send().await.expect("head");
         assert_eq!(resp.status(), 200);
-        assert_eq!(header(resp.headers(), "content-length"), bytes.len().to_string());
+        assert_eq!(
+            header(resp.headers(), "content-length"),
+            bytes.len().to_string()
+        );
     }
-    assert_eq!(s.origin.requests().await, 2, "the restart refetched something");
+    assert_eq!(
+        s.origin.requests().await,
+        2,
+        "the restart refetched something"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +179,10 @@ async fn twice_the_budget_stays_within_budget_and_keeps_the_most_recently_used()
     // 16 MiB of disk, 512 KiB objects (disk only: the memory tier takes up to 64 KiB).
     let budget: u64 = 16 << 20;
     let extra = "    max_object_bytes: 64K\n";
-    let lines = format!("    dir: {}\n    disk_bytes: 16M\n{extra}", path_str(&s.cache));
+    let lines = format!(
+        "    dir: {}\n    disk_bytes: 16M\n{extra}",
+        path_str(&s.cache)
+    );
     let m = owner_mirror(
         s.work.path(),
         &format!("http://{}", s.origin.addr),
@@ -235,7 +255,10 @@ async fn an_shm_cached_directory_is_adopted_and_served_as_hits() {
         let path = cache_path(&s.cache, silo, hash);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, bytes).expect("legacy file");
-        let f = std::fs::File::options().write(true).open(&path).expect("open");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
         f.set_modified(lm).expect("mtime");
     }
     s.data.put("_images", &hc, &whole_jpeg(40_000, 7));
@@ -250,7 +273,11 @@ async fn an_shm_cached_directory_is_adopted_and_served_as_hits() {
         assert_eq!(header(&h, "last-modified"), "Fri, 14 Jul 2017 02:40:00 GMT");
         assert_eq!(body, *bytes);
     }
-    assert_eq!(s.origin.requests().await, 0, "adopted files went to the origin");
+    assert_eq!(
+        s.origin.requests().await,
+        0,
+        "adopted files went to the origin"
+    );
     // The truncated one is not served: it is refetched and replaced.
     let (st, h, body) = get(&c, &m.url(&format!("/_images/{hc}/x.jpg")), &[]).await;
     assert_eq!((st, header(&h, "x-cache")), (StatusCode::OK, "MISS"));
@@ -290,7 +317,10 @@ async fn a_corrupt_cache_file_is_a_miss_refetched_and_replaced() {
     assert_eq!(sha256(&body), sha256(&bytes));
     assert_eq!(s.origin.requests().await, 3);
     let replaced = std::fs::metadata(&path).expect("replaced").len();
-    assert!(replaced > bytes.len() as u64, "a whole object is on disk again");
+    assert!(
+        replaced > bytes.len() as u64,
+        "a whole object is on disk again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +330,10 @@ async fn an_unwritable_cache_directory_still_serves_from_the_origin() {
     let s = Setup::new();
     let blocker = s.work.path().join("not-a-dir");
     std::fs::write(&blocker, b"x").expect("blocker file");
-    let lines = format!("    dir: {}/cache\n    disk_bytes: 1G\n", path_str(&blocker));
+    let lines = format!(
+        "    dir: {}/cache\n    disk_bytes: 1G\n",
+        path_str(&blocker)
+    );
     let origin = format!("http://{}", s.origin.addr);
     // `shimmer -t` accepts it: the directory is checked when the mirror starts.
     let conf = s.work.path().join("check.yaml");
@@ -318,7 +351,11 @@ async fn an_unwritable_cache_directory_still_serves_from_the_origin() {
         .args(["-t", "-c", path_str(&conf)])
         .output()
         .expect("shimmer -t");
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let m = owner_mirror(s.work.path(), &origin, s.port, &lines);
     let c = client();

@@ -103,21 +103,34 @@ async fn kill_9_mid_write_never_serves_a_truncated_object() {
         if let Some((_, len)) = temps.iter().find(|(_, len)| *len >= 10 << 20) {
             break *len;
         }
-        assert!(Instant::now() < deadline, "the fill never reached 10 MB: {temps:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the fill never reached 10 MB: {temps:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     mirror.proc.signal(libc::SIGKILL);
     let _ = mirror.proc.child.wait();
     assert!(written < LEN as u64, "the kill came too late");
-    assert!(!final_path.exists(), "a partial object reached its final path");
-    assert_eq!(temp_files(&cache).len(), 1, "the crash leaves its temp file");
+    assert!(
+        !final_path.exists(),
+        "a partial object reached its final path"
+    );
+    assert_eq!(
+        temp_files(&cache).len(),
+        1,
+        "the crash leaves its temp file"
+    );
     let got = first.await.expect("first client");
     assert!(got < LEN, "the killed request cannot have got it all");
     println!("killed with {written} of {LEN} bytes written");
 
     // Restart: the temp file goes at once, the object is a miss and comes whole.
     let mirror = owner_mirror(work.path(), &origin_url, port, &lines);
-    assert!(temp_files(&cache).is_empty(), "temp file survived the restart");
+    assert!(
+        temp_files(&cache).is_empty(),
+        "temp file survived the restart"
+    );
     assert!(!final_path.exists());
     let resp = client.get(&url).send().await.expect("second request");
     assert_eq!(resp.status(), 200);
@@ -125,7 +138,11 @@ async fn kill_9_mid_write_never_serves_a_truncated_object() {
     let got = resp.bytes().await.expect("second body");
     assert_eq!(got.len(), LEN);
     assert_eq!(sha256(&got), sha256(&body));
-    assert_eq!(requests.load(Ordering::SeqCst), 2, "the object was refetched once");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the object was refetched once"
+    );
     assert!(temp_files(&cache).is_empty());
     let on_disk = std::fs::metadata(&final_path).expect("now on disk").len();
     assert!(on_disk > LEN as u64);

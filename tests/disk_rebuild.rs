@@ -1,9 +1,14 @@
 //! A restart over 100,000 cached objects: the first disk hit comes at once (lookups go
 //! by path, not by the index) and the index rebuild finishes in the background.
 //! Prints the numbers the README quotes; run with `--nocapture` to see them.
+//!
+//! Creating and deleting 100,000 files (in some 50,000 directories, as real hashes
+//! spread them) takes minutes on a slow disk, so the cache lives in tmpfs (/dev/shm)
+//! when there is one. `SHIMMER_REBUILD_TEST_DIR=/some/disk/dir` measures a real disk.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,8 +25,16 @@ fn body_of(i: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_100k_objects_serves_at_once_and_rebuilds_the_index() {
     let work = tempfile::tempdir().expect("tempdir");
-    let cache = work.path().join("cache");
-    let hashes: Vec<String> = (0..OBJECTS).map(|i| test_hash(1_000_000 + i as u64)).collect();
+    let base = std::env::var_os("SHIMMER_REBUILD_TEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| Path::new(p).is_dir()))
+        .unwrap_or_else(std::env::temp_dir);
+    let cache_root = tempfile::tempdir_in(&base).expect("cache tempdir");
+    let cache = cache_root.path().join("cache");
+    println!("cache directory in {}", base.display());
+    let hashes: Vec<String> = (0..OBJECTS)
+        .map(|i| test_hash(1_000_000 + i as u64))
+        .collect();
 
     let seeding = Instant::now();
     let next = AtomicUsize::new(0);
@@ -78,4 +91,8 @@ async fn restart_with_100k_objects_serves_at_once_and_rebuilds_the_index() {
         assert_eq!(resp.bytes().await.expect("body").as_ref(), body_of(i));
     }
     assert_eq!(origin.requests().await, 0);
+    drop(mirror);
+    let cleanup = Instant::now();
+    drop(cache_root);
+    println!("removed the cache directory in {:?}", cleanup.elapsed());
 }

@@ -251,7 +251,9 @@ impl DiskStorage {
             .name("shimmer-disk-scan".into())
             .spawn(move || scan::rebuild(self));
         if let Err(e) = spawned {
-            tracing::error!("cannot start the disk index rebuild: {e}; the index fills as objects are used");
+            tracing::error!(
+                "cannot start the disk index rebuild: {e}; the index fills as objects are used"
+            );
             self.books.lock().removed_while_scanning = None;
             self.counters.rebuild_done.store(true, Ordering::Release);
         }
@@ -330,13 +332,17 @@ impl DiskStorage {
                 Ok(meta) => (meta, h.meta, h.header_len, h.body_len, h.body_crc),
                 Err(_) => {
                     // Checks out but pingora cannot read the meta (a format change).
-                    self.drop_corrupt(obj, Corrupt::Version(format::VERSION)).await;
+                    self.drop_corrupt(obj, Corrupt::Version(format::VERSION))
+                        .await;
                     return None;
                 }
             },
             io::Inspected::Legacy { content_type } => {
                 let meta = format::adopted_meta(&obj, content_type, opened.len, opened.mtime);
-                let bytes = meta.as_ref().ok().and_then(|m| MetaBytes::from_meta(m).ok());
+                let bytes = meta
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| MetaBytes::from_meta(m).ok());
                 let (Ok(meta), Some(bytes)) = (meta, bytes) else {
                     return None;
                 };
@@ -537,7 +543,8 @@ impl DiskStorage {
         if !victims.is_empty() {
             let bytes: u64 = victims.iter().map(Rec::bytes).sum();
             let c = &self.counters;
-            c.evictions.fetch_add(victims.len() as u64, Ordering::Relaxed);
+            c.evictions
+                .fetch_add(victims.len() as u64, Ordering::Relaxed);
             c.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
     }
@@ -621,12 +628,19 @@ impl DiskStorage {
         let n = self.counters.read_errors.fetch_add(1, Ordering::Relaxed) + 1;
         if self.read_log.ready() {
             let path = obj.path(&self.cfg.dir);
-            tracing::warn!("disk cache read failed ({n} so far): {}: {e}", path.display());
+            tracing::warn!(
+                "disk cache read failed ({n} so far): {}: {e}",
+                path.display()
+            );
         }
     }
 
     fn note_corrupt(&self, obj: &ObjectRef, corrupt: Corrupt) {
-        let n = self.counters.corrupt_removed.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self
+            .counters
+            .corrupt_removed
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         if self.corrupt_log.ready() {
             let path = obj.path(&self.cfg.dir);
             tracing::warn!(

@@ -215,7 +215,10 @@ impl StreamFill {
     /// The whole body as chunks, when it is held in memory from byte 0.
     pub(crate) fn memory_body(&self) -> Option<Vec<Bytes>> {
         let st = self.state.borrow();
-        let mem = st.mem.as_ref().filter(|m| m.start == 0 && m.end() == st.len)?;
+        let mem = st
+            .mem
+            .as_ref()
+            .filter(|m| m.start == 0 && m.end() == st.len)?;
         Some(mem.chunks.clone())
     }
 

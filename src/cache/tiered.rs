@@ -240,7 +240,9 @@ impl TieredStorage {
             // Holding it in RAM until the end just to refuse it then is not worth it.
             return Err(Error::explain(
                 ErrorType::InternalError,
-                format!("a {len}-byte body does not fit the memory tier and the disk takes no writes"),
+                format!(
+                    "a {len}-byte body does not fit the memory tier and the disk takes no writes"
+                ),
             ));
         }
         self.memory

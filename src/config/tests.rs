@@ -143,10 +143,7 @@ fn unavailable_mode_and_source_are_refused_clearly() {
     assert!(e.contains("shimmer.mode"), "{e}");
     let e = error_of(&broken("  node: a", "  node: a\n  mode: teleport"));
     assert!(e.contains("teleport"), "{e}");
-    let e = error_of(&broken(
-        "  node: a",
-        "  node: a\n  source: \"postgres://db\"",
-    ));
+    let e = error_of(&broken("  node: a", "  node: a\n  source: \"oracle://db\""));
     assert!(e.contains("shimmer.source"), "{e}");
 }
 

@@ -11,6 +11,11 @@
 //!   `"01"` count as the same) until `n` are found or every target is, wrapping once.
 //!
 //! The ring is sorted once at build time; a lookup is one binary search and a short walk.
+//!
+//! Legacy differences we do not reproduce, on purpose: some 2.x releases passed the
+//! raw weight text to flexihash (so `a=0.5` got 32 positions where `(int)` gives 0;
+//! integer weights agree), and they added a 3+-part entry as an empty-named target of
+//! weight 0 instead of refusing it. Templates parse the same way for both algorithms.
 
 use super::php::{self, PhpName};
 use super::{FleetError, Node};

@@ -259,7 +259,11 @@ pub(crate) fn encode(
 /// of ours must be deleted, never mistaken for an adoptable legacy file.
 pub(crate) fn looks_ours(head: &[u8]) -> bool {
     let n = head.len().min(MAGIC.len());
-    let same = head[..n].iter().zip(MAGIC).filter(|(a, b)| **a == *b).count();
+    let same = head[..n]
+        .iter()
+        .zip(MAGIC)
+        .filter(|(a, b)| **a == *b)
+        .count();
     n == MAGIC.len() && same + 2 >= MAGIC.len()
 }
 

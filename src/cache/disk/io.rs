@@ -221,7 +221,9 @@ impl HandleHit for DiskHit {
             }
             Err(e) => {
                 self.store.note_read_error(&self.obj, &e);
-                return Err(DiskError::io("read", self.obj.path(self.store.dir()), e).into_pingora());
+                return Err(
+                    DiskError::io("read", self.obj.path(self.store.dir()), e).into_pingora()
+                );
             }
         };
         self.pos += bytes.len() as u64;
@@ -322,7 +324,11 @@ impl DiskWriter {
         if data.is_empty() {
             return Ok(());
         }
-        let (file, data2, off) = (self.file.clone(), data.clone(), self.header_len + self.written);
+        let (file, data2, off) = (
+            self.file.clone(),
+            data.clone(),
+            self.header_len + self.written,
+        );
         #[cfg(test)]
         let limit = self.store.fail_writes_after.load(Ordering::Relaxed);
         #[cfg(test)]

@@ -47,7 +47,10 @@ fn read_tail(file: &File, len: u64) -> io::Result<Vec<u8>> {
 /// The tail without trailing NUL, CR, LF or space padding that some writers add.
 fn trimmed_tail(file: &File, len: u64) -> io::Result<Vec<u8>> {
     let mut tail = read_tail(file, len)?;
-    while tail.last().is_some_and(|b| matches!(b, 0 | b'\r' | b'\n' | b' ')) {
+    while tail
+        .last()
+        .is_some_and(|b| matches!(b, 0 | b'\r' | b'\n' | b' '))
+    {
         tail.pop();
     }
     Ok(tail)

@@ -34,7 +34,9 @@ pub(crate) fn meta_with(len: Option<usize>) -> CacheMeta {
     let mut header = ResponseHeader::build(200, None).unwrap();
     header.append_header("content-type", "image/jpeg").unwrap();
     if let Some(len) = len {
-        header.append_header("content-length", len.to_string()).unwrap();
+        header
+            .append_header("content-length", len.to_string())
+            .unwrap();
     }
     let now = SystemTime::now();
     CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header)
@@ -87,7 +89,9 @@ pub(crate) async fn get(s: &'static DiskStorage, k: &CacheKey) -> Option<Vec<u8>
 }
 
 pub(crate) fn body(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 fn temps(dir: &Path) -> Vec<PathBuf> {
@@ -144,10 +148,14 @@ async fn file_appears_at_its_path_only_when_complete() {
         .get_miss_handler(&key(3), &meta_with(Some(10)), &span())
         .await
         .unwrap();
-    miss.write_body(Bytes::from_static(b"01234"), false).await.unwrap();
+    miss.write_body(Bytes::from_static(b"01234"), false)
+        .await
+        .unwrap();
     assert!(!obj(3).path(dir.path()).exists());
     assert_eq!(temps(dir.path()).len(), 1);
-    miss.write_body(Bytes::from_static(b"56789"), true).await.unwrap();
+    miss.write_body(Bytes::from_static(b"56789"), true)
+        .await
+        .unwrap();
     miss.finish().await.unwrap();
     assert!(obj(3).path(dir.path()).is_file());
     assert!(temps(dir.path()).is_empty());
@@ -161,14 +169,22 @@ async fn corrupt_header_is_a_miss_and_is_removed() {
     let b = body(5000, 3);
     put(s, &key(4), &b).await;
     let header_len = format::header_len_for(
-        format::MetaBytes::from_meta(&meta_with(Some(b.len()))).unwrap().len(),
+        format::MetaBytes::from_meta(&meta_with(Some(b.len())))
+            .unwrap()
+            .len(),
     );
     // Magic, version, lengths, silo, md5, reserved, checksum, meta and padding bytes.
     for at in [0, 3, 8, 13, 17, 30, 36, 40, 55, 61, 70, header_len - 1] {
         put(s, &key(4), &b).await;
         mangle(dir.path(), &obj(4), |bytes| bytes[at] ^= 0x20);
-        assert!(get(s, &key(4)).await.is_none(), "byte {at} flipped was served");
-        assert!(!obj(4).path(dir.path()).exists(), "byte {at}: file not removed");
+        assert!(
+            get(s, &key(4)).await.is_none(),
+            "byte {at} flipped was served"
+        );
+        assert!(
+            !obj(4).path(dir.path()).exists(),
+            "byte {at}: file not removed"
+        );
     }
     assert!(s.stats().corrupt_removed >= 12);
     assert_eq!(s.stats().objects, 0);
@@ -210,7 +226,10 @@ async fn flipped_body_byte_fails_a_full_read_and_removes_the_file() {
         bytes[at] ^= 1;
     });
     let (_, mut hit) = s.lookup(&key(7), &span()).await.unwrap().unwrap();
-    assert!(read_all(&mut hit).await.is_err(), "a bad body must not end cleanly");
+    assert!(
+        read_all(&mut hit).await.is_err(),
+        "a bad body must not end cleanly"
+    );
     assert!(!obj(7).path(dir.path()).exists());
 }
 
@@ -222,13 +241,22 @@ async fn writer_dropped_mid_body_readers_get_an_error_and_temp_file_is_removed()
         .get_miss_handler(&key(8), &meta_with(Some(100)), &span())
         .await
         .unwrap();
-    miss.write_body(Bytes::from_static(b"first"), false).await.unwrap();
+    miss.write_body(Bytes::from_static(b"first"), false)
+        .await
+        .unwrap();
     let (_, mut reader) = s.lookup(&key(8), &span()).await.unwrap().unwrap();
     assert_eq!(reader.read_body().await.unwrap().unwrap(), "first");
     drop(miss);
-    assert!(reader.read_body().await.is_err(), "a dropped writer is not a clean end");
+    assert!(
+        reader.read_body().await.is_err(),
+        "a dropped writer is not a clean end"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(temps(dir.path()).is_empty(), "temp file left: {:?}", temps(dir.path()));
+    assert!(
+        temps(dir.path()).is_empty(),
+        "temp file left: {:?}",
+        temps(dir.path())
+    );
     assert!(!obj(8).path(dir.path()).exists());
     assert!(s.lookup(&key(8), &span()).await.unwrap().is_none());
     assert_eq!(s.stats().reserved, 0);
@@ -246,7 +274,9 @@ async fn partial_reader_streams_bytes_written_after_it_attached() {
     let read = tokio::spawn(async move { read_all(&mut reader).await.unwrap() });
     for part in [&b"abc"[..], b"def", b"ghi"] {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        miss.write_body(Bytes::copy_from_slice(part), false).await.unwrap();
+        miss.write_body(Bytes::copy_from_slice(part), false)
+            .await
+            .unwrap();
     }
     miss.write_body(Bytes::new(), true).await.unwrap();
     miss.finish().await.unwrap();
@@ -261,7 +291,9 @@ async fn body_shorter_than_content_length_fails_the_fill_and_leaves_no_file() {
         .get_miss_handler(&key(10), &meta_with(Some(10)), &span())
         .await
         .unwrap();
-    miss.write_body(Bytes::from_static(b"short"), true).await.unwrap();
+    miss.write_body(Bytes::from_static(b"short"), true)
+        .await
+        .unwrap();
     assert!(miss.finish().await.is_err());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!obj(10).path(dir.path()).exists());
@@ -324,7 +356,9 @@ async fn fill_purged_while_in_progress_is_not_stored() {
         .get_miss_handler(&key(13), &meta_with(None), &span())
         .await
         .unwrap();
-    miss.write_body(Bytes::from_static(b"banned"), true).await.unwrap();
+    miss.write_body(Bytes::from_static(b"banned"), true)
+        .await
+        .unwrap();
     assert!(s.remove(obj(13)).await);
     miss.finish().await.unwrap();
     assert!(!obj(13).path(dir.path()).exists());
@@ -379,7 +413,10 @@ async fn keys_that_are_not_object_paths_never_become_paths() {
         varied,
     ] {
         assert!(s.lookup(&k, &span()).await.unwrap().is_none());
-        assert!(s.get_miss_handler(&k, &meta_with(None), &span()).await.is_err());
+        assert!(s
+            .get_miss_handler(&k, &meta_with(None), &span())
+            .await
+            .is_err());
     }
     assert!(ObjectRef::from_key(&key(17)).is_some());
     let only_tmp = std::fs::read_dir(dir.path()).unwrap().count();
@@ -395,7 +432,10 @@ async fn read_only_dir_degrades_to_no_disk_caching() {
     let st = s.stats();
     assert!(!st.writable);
     assert_eq!(st.write_errors, 1);
-    assert!(s.get_miss_handler(&key(18), &meta_with(None), &span()).await.is_err());
+    assert!(s
+        .get_miss_handler(&key(18), &meta_with(None), &span())
+        .await
+        .is_err());
     assert!(s.lookup(&key(18), &span()).await.unwrap().is_none());
 }
 
@@ -409,8 +449,13 @@ async fn write_failure_mid_body_fails_the_fill_and_counts_it() {
         .get_miss_handler(&key(19), &meta_with(None), &span())
         .await
         .unwrap();
-    miss.write_body(Bytes::from(body(8000, 1)), false).await.unwrap();
-    assert!(miss.write_body(Bytes::from(body(8000, 2)), false).await.is_err());
+    miss.write_body(Bytes::from(body(8000, 1)), false)
+        .await
+        .unwrap();
+    assert!(miss
+        .write_body(Bytes::from(body(8000, 2)), false)
+        .await
+        .is_err());
     drop(miss);
     let st = s.stats();
     assert_eq!(st.write_errors, 1);
@@ -426,7 +471,9 @@ async fn temp_files_of_dead_processes_are_removed_at_open() {
     // pid_max is at most 2^22 on Linux: this process cannot exist.
     let stale = dir.path().join(".tmp/4294967-1-iabc");
     std::fs::write(&stale, b"half").unwrap();
-    let mine = dir.path().join(format!(".tmp/{}-9-iabc", std::process::id()));
+    let mine = dir
+        .path()
+        .join(format!(".tmp/{}-9-iabc", std::process::id()));
     std::fs::write(&mine, b"live").unwrap();
     open(dir.path(), 1 << 30);
     assert!(!stale.exists());
@@ -440,14 +487,20 @@ fn header_round_trips_and_tolerates_no_bit_flip() {
     let len = format::header_len_for(meta.len());
     let buf = format::encode(&o, &meta, len, 3, Some(7)).unwrap();
     let h = format::decode(&buf, &o).unwrap();
-    assert_eq!((h.body_len, h.body_crc, h.header_len), (3, Some(7), len as u64));
+    assert_eq!(
+        (h.body_len, h.body_crc, h.header_len),
+        (3, Some(7), len as u64)
+    );
     assert_eq!(h.meta, meta);
     assert!(format::decode(&buf, &obj(21)).is_err(), "wrong object");
     for bit in 0..len * 8 {
         let mut b = buf.clone();
         b[bit / 8] ^= 1 << (bit % 8);
         assert!(format::decode(&b, &o).is_err(), "bit {bit} flipped decodes");
-        assert!(bit / 8 >= 8 || format::looks_ours(&b), "bit {bit}: magic not recognised");
+        assert!(
+            bit / 8 >= 8 || format::looks_ours(&b),
+            "bit {bit}: magic not recognised"
+        );
     }
 }
 

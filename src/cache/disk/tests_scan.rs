@@ -87,7 +87,10 @@ async fn scan_removes_corrupt_short_and_unknown_files_and_leaves_strangers_alone
 
     let s = restart(dir.path(), 1 << 30);
     assert!(!flip.exists() && !short.exists() && !junk.exists());
-    assert!(stranger.exists(), "files at non-object paths are not ours to delete");
+    assert!(
+        stranger.exists(),
+        "files at non-object paths are not ours to delete"
+    );
     let st = s.stats();
     assert_eq!((st.objects, st.corrupt_removed), (1, 3));
     assert!(get(s, &key(2)).await.is_some());
@@ -106,7 +109,10 @@ async fn shm_cached_file_is_adopted_and_served_with_sniffed_type_and_mtime() {
     let h = meta.headers();
     assert_eq!(h.get("content-type").unwrap(), "image/jpeg");
     assert_eq!(h.get("content-length").unwrap(), "30000");
-    assert_eq!(h.get("last-modified").unwrap(), "Sun, 13 Sep 2020 12:26:40 GMT");
+    assert_eq!(
+        h.get("last-modified").unwrap(),
+        "Sun, 13 Sep 2020 12:26:40 GMT"
+    );
     assert_eq!(h.get("etag").unwrap(), format!("\"{}\"", hex(40)).as_str());
     assert!(meta.is_fresh(SystemTime::now()));
     assert_eq!(read_all(&mut hit).await.unwrap(), bytes);
@@ -114,7 +120,13 @@ async fn shm_cached_file_is_adopted_and_served_with_sniffed_type_and_mtime() {
     let s = restart(dir.path(), 1 << 30);
     assert_eq!((s.stats().adopted, s.stats().objects), (1, 1));
     assert_eq!(std::fs::read(o.path(dir.path())).unwrap(), bytes);
-    assert_eq!(std::fs::metadata(o.path(dir.path())).unwrap().modified().unwrap(), lm);
+    assert_eq!(
+        std::fs::metadata(o.path(dir.path()))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        lm
+    );
     // Ranges work on adopted files too.
     let (_, mut hit) = s.lookup(&o.cache_key(), &span()).await.unwrap().unwrap();
     hit.seek(10, Some(20)).unwrap();
@@ -143,8 +155,14 @@ async fn restart_orders_the_lru_by_mtime_and_evicts_down_to_the_budget() {
         let o = obj(n);
         // n = 0 is the newest, n = 9 the oldest.
         let mtime = old - Duration::from_secs(u64::from(n) * 60);
-        seed_object(dir.path(), o, "image/png", &body(2 * BLOCK as usize, 3), Some(mtime))
-            .unwrap();
+        seed_object(
+            dir.path(),
+            o,
+            "image/png",
+            &body(2 * BLOCK as usize, 3),
+            Some(mtime),
+        )
+        .unwrap();
     }
     // Each file is 3 blocks: 6 fit.
     let s = restart(dir.path(), 18 * BLOCK);

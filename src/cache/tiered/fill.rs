@@ -106,7 +106,10 @@ impl HandleMiss for TieredMissHandler {
                 Ok(()) => on_disk = true,
                 Err(e) => {
                     // Counted and logged by the disk tier; the fill goes on from memory.
-                    tracing::debug!("disk write dropped for {}: {e}", self.key.primary_key_str().unwrap_or("?"));
+                    tracing::debug!(
+                        "disk write dropped for {}: {e}",
+                        self.key.primary_key_str().unwrap_or("?")
+                    );
                     self.disk = None;
                     let c = &self.store.counters;
                     c.disk_dropped_fills.fetch_add(1, Ordering::Relaxed);
@@ -136,14 +139,19 @@ impl HandleMiss for TieredMissHandler {
                 Ok(n) => charged += n,
                 Err(DiskError::Purged) => {}
                 // Counted and logged by the disk tier; readers still have every byte.
-                Err(e) => tracing::debug!("disk commit dropped for {}: {e}", self.key.primary_key_str().unwrap_or("?")),
+                Err(e) => tracing::debug!(
+                    "disk commit dropped for {}: {e}",
+                    self.key.primary_key_str().unwrap_or("?")
+                ),
             }
         }
         let memory_body = self.fill.memory_body();
         let purged = || self.fill.purged.load(Ordering::Acquire);
         if let (Some(chunks), false) = (memory_body, purged()) {
             let body_len: usize = chunks.iter().map(Bytes::len).sum();
-            if self.store.fits_memory(body_len as u64, self.fill.meta.len())
+            if self
+                .store
+                .fits_memory(body_len as u64, self.fill.meta.len())
                 && self
                     .store
                     .insert_memory(&self.key, &self.fill.meta, chunks)

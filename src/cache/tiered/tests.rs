@@ -15,7 +15,10 @@ use crate::cache::memory::MemoryStorage;
 
 /// Memory tier of 4 MiB taking objects up to 64 KiB, over a disk tier in `dir`.
 fn tiered(dir: &Path) -> &'static TieredStorage {
-    let memory = Box::leak(Box::new(MemoryStorage::with_max_object_bytes(4 << 20, 64 << 10)));
+    let memory = Box::leak(Box::new(MemoryStorage::with_max_object_bytes(
+        4 << 20,
+        64 << 10,
+    )));
     let disk = open(dir, 1 << 30);
     Box::leak(Box::new(TieredStorage::new(memory, Some(disk))))
 }
@@ -60,7 +63,11 @@ async fn fill_goes_to_disk_and_to_memory_when_it_fits() {
     put(t, &key(2), &big).await;
     assert!(obj(1).path(dir.path()).is_file());
     assert!(obj(2).path(dir.path()).is_file());
-    assert_eq!(t.memory().stats().objects, 1, "only the small one fits memory");
+    assert_eq!(
+        t.memory().stats().objects,
+        1,
+        "only the small one fits memory"
+    );
     let (_, mut h) = hit(t, &key(1)).await.unwrap();
     assert_eq!(read_all(&mut h).await.unwrap(), small);
     let (_, mut h) = hit(t, &key(2)).await.unwrap();
@@ -133,7 +140,9 @@ async fn readers_stream_a_fill_in_progress_from_memory_or_file() {
             .await
             .unwrap()
             .expect("the writer finds its own fill");
-        let mut readers = vec![tokio::spawn(async move { read_all(&mut own).await.unwrap() })];
+        let mut readers = vec![tokio::spawn(
+            async move { read_all(&mut own).await.unwrap() },
+        )];
         for chunk in b.chunks(25_000) {
             let (_, mut r) = hit(t, &key(n)).await.unwrap();
             readers.push(tokio::spawn(async move { read_all(&mut r).await.unwrap() }));
@@ -177,7 +186,9 @@ async fn writer_dropped_mid_body_readers_get_an_error_and_temp_file_is_removed()
 async fn disk_failure_mid_body_goes_on_from_memory_for_small_objects() {
     let dir = tempfile::tempdir().unwrap();
     let t = tiered(dir.path());
-    disk_of(t).fail_writes_after.store(15_000, Ordering::Relaxed);
+    disk_of(t)
+        .fail_writes_after
+        .store(15_000, Ordering::Relaxed);
     let b = body(40_000, 10);
     let mut miss = t
         .get_miss_handler(&key(10), &meta_with(Some(b.len())), &span())
@@ -197,7 +208,10 @@ async fn disk_failure_mid_body_goes_on_from_memory_for_small_objects() {
     let (_, mut h) = hit(t, &key(10)).await.expect("kept in memory");
     assert_eq!(read_all(&mut h).await.unwrap(), b);
     let st = t.stats();
-    assert_eq!((st.disk_dropped_fills, st.disk.unwrap().write_errors), (1, 1));
+    assert_eq!(
+        (st.disk_dropped_fills, st.disk.unwrap().write_errors),
+        (1, 1)
+    );
     // The disk takes no new fills for a while: the next one is memory only.
     put(t, &key(11), b"later").await;
     assert_eq!(t.stats().memory_only_fills, 1);
@@ -208,7 +222,9 @@ async fn disk_failure_mid_body_goes_on_from_memory_for_small_objects() {
 async fn disk_failure_mid_body_of_a_large_object_keeps_the_rest_in_memory_up_to_a_cap() {
     let dir = tempfile::tempdir().unwrap();
     let t = tiered(dir.path());
-    disk_of(t).fail_writes_after.store(100_000, Ordering::Relaxed);
+    disk_of(t)
+        .fail_writes_after
+        .store(100_000, Ordering::Relaxed);
     // 150 KB: the rest after the failure (50 KB) fits the 64 KiB memory cap.
     let b = body(150_000, 12);
     assert_eq!(put(t, &key(12), &b).await, 0);
@@ -221,7 +237,11 @@ async fn disk_failure_mid_body_of_a_large_object_keeps_the_rest_in_memory_up_to_
     let (_, mut r) = hit(t, &key(13)).await.unwrap();
     let mut failed = false;
     for chunk in body(300_000, 13).chunks(10_000) {
-        if miss.write_body(Bytes::copy_from_slice(chunk), false).await.is_err() {
+        if miss
+            .write_body(Bytes::copy_from_slice(chunk), false)
+            .await
+            .is_err()
+        {
             failed = true;
             break;
         }
@@ -275,7 +295,9 @@ async fn purge_during_a_fill_keeps_it_out_of_both_tiers() {
         .get_miss_handler(&key(18), &meta_with(Some(6)), &span())
         .await
         .unwrap();
-    miss.write_body(Bytes::from_static(b"banned"), true).await.unwrap();
+    miss.write_body(Bytes::from_static(b"banned"), true)
+        .await
+        .unwrap();
     assert!(t.purge_hash(&hex(18)).await.unwrap());
     miss.finish().await.unwrap();
     assert!(hit(t, &key(18)).await.is_none());
