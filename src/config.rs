@@ -316,10 +316,10 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
             ),
         ));
     }
-    if raw.listen.is_empty() {
+    if raw.listen.is_empty() && raw.tls.is_none() {
         return Err(invalid(
             "shimmer.listen",
-            "needs at least one address".into(),
+            "needs at least one address (or TLS listeners under shimmer.tls)".into(),
         ));
     }
     for l in &raw.listen {
