@@ -311,7 +311,7 @@ async fn a_corrupt_cache_file_is_a_miss_refetched_and_replaced() {
     // Cut short this time.
     let file = std::fs::read(&path).expect("rewritten cache file");
     std::fs::write(&path, &file[..file.len() - 100]).expect("truncate");
-    let m = s.mirror("");
+    let _m = s.mirror("");
     let (st, h, body) = get(&c, &url, &[]).await;
     assert_eq!((st, header(&h, "x-cache")), (StatusCode::OK, "MISS"));
     assert_eq!(sha256(&body), sha256(&bytes));
@@ -378,4 +378,39 @@ async fn an_unwritable_cache_directory_still_serves_from_the_origin() {
         "the unusable directory is logged: {}",
         m.proc.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_and_head_on_a_miss_are_cut_from_the_fill() {
+    let s = Setup::new();
+    let c = client();
+    // The memory tier takes up to 64 KiB: the big one is streamed from the temp file.
+    let m = s.mirror("    max_object_bytes: 64K\n");
+    for (n, len) in [(0u64, 10_000usize), (1, 300_000)] {
+        let bytes = whole_jpeg(len, 20 + n);
+        let (h1, h2, h3) = (test_hash(700 + n), test_hash(710 + n), test_hash(720 + n));
+        for h in [&h1, &h2, &h3] {
+            s.data.put("_images", h, &bytes);
+        }
+        let url = |h: &str| m.url(&format!("/_images/{h}/r.jpg"));
+        let (st, h, body) = get(&c, &url(&h1), &[("range", "bytes=100-199")]).await;
+        assert_eq!(
+            (st, header(&h, "x-cache")),
+            (StatusCode::PARTIAL_CONTENT, "MISS")
+        );
+        assert_eq!(body, &bytes[100..200]);
+        let (st, _, body) = get(&c, &url(&h2), &[("range", "bytes=-500")]).await;
+        assert_eq!(st, 206);
+        assert_eq!(body, &bytes[len - 500..]);
+        let resp = c.head(url(&h3)).send().await.expect("head");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(resp.headers(), "content-length"), len.to_string());
+        // Each was cached whole all the same.
+        for h in [&h1, &h2, &h3] {
+            let (st, hd, body) = get(&c, &url(h), &[]).await;
+            assert_eq!((st, header(&hd, "x-cache")), (StatusCode::OK, "HIT"));
+            assert_eq!(sha256(&body), sha256(&bytes));
+        }
+    }
+    assert_eq!(s.origin.requests().await, 6);
 }

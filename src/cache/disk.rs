@@ -314,7 +314,9 @@ impl DiskStorage {
         let opened = match found {
             Ok(Found::Valid(opened)) => opened,
             Ok(Found::Missing) => {
-                self.forget(obj);
+                // A plain miss, or a file someone else removed: drop a stale entry (not
+                // noted for the scan: there is nothing it could bring back).
+                self.books.lock().index.remove(&obj.key_hash());
                 return None;
             }
             Ok(Found::Removed(corrupt)) => {
