@@ -46,7 +46,7 @@ demo: build
 # The whole suite: unit, property and integration tests, on one release build that
 # the integration tests share (they start target/release/shimmer).
 test: test-deps
-	$(CARGO) test --release --locked --all-targets
+	$(CARGO) test --release --locked --all-targets --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
