@@ -41,6 +41,7 @@ mod storage;
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_scan;
+mod upkeep;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -59,13 +60,9 @@ pub use storage::seed_object;
 use crate::cache::stream::StreamFill;
 use crate::cache::{unix_now, LogEvery};
 use format::Corrupt;
-use index::{blocks_for, Index, Rec, BLOCK};
+use index::{blocks_for, Rec, BLOCK};
 use io::Found;
-
-/// After a write error, the tier takes no new fills for this long.
-const DEGRADED_SECS: u64 = 30;
-/// On ENOSPC, at least this much is evicted at once.
-const SHED_BYTES: u64 = 64 << 20;
+use upkeep::Books;
 
 /// How the disk tier is set up (from `shimmer.cache`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,23 +153,6 @@ struct Counters {
     rebuild_done: AtomicBool,
 }
 
-/// The index and the reservations of fills in progress, under one lock.
-#[derive(Default)]
-struct Books {
-    index: Index,
-    reserved: u64,
-    /// Keys removed while the restart scan runs, so that it does not bring them back.
-    removed_while_scanning: Option<HashSet<HashBinary>>,
-}
-
-impl Books {
-    fn note_removed(&mut self, key: HashBinary) {
-        if let Some(set) = self.removed_while_scanning.as_mut() {
-            set.insert(key);
-        }
-    }
-}
-
 /// The disk tier. Build it once with [`DiskStorage::open`] and leak it.
 pub struct DiskStorage {
     cfg: DiskConfig,
@@ -228,6 +208,25 @@ impl DiskStorage {
             Err(e) => store.note_write_error("prepare", &store.cfg.dir, &e),
         }
         store
+    }
+
+    /// For `shimmer -t`: whether `dir` could be used, without creating it. Writes and
+    /// removes one probe file in `dir`, or in its nearest existing ancestor.
+    pub fn probe_dir(dir: &Path) -> std::io::Result<()> {
+        let mut at = dir;
+        while !at.exists() {
+            at = at.parent().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no existing ancestor")
+            })?;
+        }
+        if !at.is_dir() {
+            let msg = format!("{} is not a directory", at.display());
+            return Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, msg));
+        }
+        let probe = at.join(format!(".shimmer-probe-{}", std::process::id()));
+        let written = std::fs::write(&probe, b"probe");
+        io::remove_quietly(&probe);
+        written
     }
 
     fn prepare(&self) -> std::io::Result<usize> {
@@ -501,162 +500,5 @@ impl DiskStorage {
     /// The object an index key names, if indexed (purges by hash need the path).
     pub(crate) fn indexed_object(&self, key: &HashBinary) -> Option<ObjectRef> {
         self.books.lock().index.get(key).map(|r| r.obj)
-    }
-
-    /// Indexes a file just renamed into place; evicts to stay within budget.
-    pub(crate) async fn commit(&'static self, obj: ObjectRef, len: u64, reserved: u64) -> u64 {
-        let rec = Rec {
-            obj,
-            blocks: blocks_for(len),
-        };
-        let victims = {
-            let mut books = self.books.lock();
-            books.reserved = books.reserved.saturating_sub(reserved);
-            books.index.insert_hot(obj.key_hash(), rec);
-            self.evict_locked(&mut books)
-        };
-        self.unlink(victims).await;
-        rec.bytes()
-    }
-
-    /// Gives back a fill's reservation.
-    pub(crate) fn release(&self, reserved: u64) {
-        if reserved > 0 {
-            let mut books = self.books.lock();
-            books.reserved = books.reserved.saturating_sub(reserved);
-        }
-    }
-
-    /// Pops least recently used objects until the books fit the budget.
-    fn evict_locked(&self, books: &mut Books) -> Vec<Rec> {
-        let mut victims = Vec::new();
-        while books.index.bytes() + books.reserved > self.cfg.budget_bytes {
-            let Some((key, rec)) = books.index.pop_lru() else {
-                break;
-            };
-            books.note_removed(key);
-            victims.push(rec);
-        }
-        self.count_evictions(&victims);
-        victims
-    }
-
-    fn count_evictions(&self, victims: &[Rec]) {
-        if !victims.is_empty() {
-            let bytes: u64 = victims.iter().map(Rec::bytes).sum();
-            let c = &self.counters;
-            c.evictions
-                .fetch_add(victims.len() as u64, Ordering::Relaxed);
-            c.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
-        }
-    }
-
-    async fn unlink(&self, victims: Vec<Rec>) {
-        if victims.is_empty() {
-            return;
-        }
-        let dir = self.cfg.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for v in victims {
-                io::remove_quietly(&v.obj.path(&dir));
-            }
-        })
-        .await;
-    }
-
-    /// Evicts at least `bytes` more than the budget demands (the disk is fuller than the
-    /// budget assumed); the files are removed in the background.
-    fn shed(&'static self, bytes: u64) {
-        let victims = {
-            let mut books = self.books.lock();
-            let mut freed = 0;
-            let mut victims = Vec::new();
-            while freed < bytes {
-                let Some((key, rec)) = books.index.pop_lru() else {
-                    break;
-                };
-                books.note_removed(key);
-                freed += rec.bytes();
-                victims.push(rec);
-            }
-            victims
-        };
-        self.count_evictions(&victims);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { self.unlink(victims).await });
-        }
-    }
-
-    fn dir_known(&self, obj: &ObjectRef) -> bool {
-        let slot = obj.dir_slot();
-        self.dirs_made[slot / 64].load(Ordering::Relaxed) & (1 << (slot % 64)) != 0
-    }
-
-    fn mark_dir(&self, obj: &ObjectRef) {
-        let slot = obj.dir_slot();
-        self.dirs_made[slot / 64].fetch_or(1 << (slot % 64), Ordering::Relaxed);
-    }
-
-    /// Counts and logs a failed write, and stops new fills for a while.
-    fn note_write_error(&self, op: &'static str, path: &Path, e: &std::io::Error) {
-        let n = self.counters.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        self.degraded_until
-            .store(unix_now() + DEGRADED_SECS, Ordering::Relaxed);
-        if self.write_log.ready() {
-            tracing::warn!(
-                "disk cache write failed ({n} so far): {op} {}: {e}; serving from memory \
-                 and origin, retrying the disk in {DEGRADED_SECS} s",
-                path.display()
-            );
-        }
-    }
-
-    /// [`Self::note_write_error`] plus, when the disk is full, evicting some objects (the
-    /// filesystem is fuller than the budget assumed). Returns the error to pass on.
-    pub(crate) fn write_failed(
-        &'static self,
-        op: &'static str,
-        path: &Path,
-        e: std::io::Error,
-    ) -> DiskError {
-        self.note_write_error(op, path, &e);
-        if e.raw_os_error() == Some(28) {
-            self.shed(SHED_BYTES.max(self.cfg.budget_bytes / 100));
-        }
-        DiskError::io(op, path.to_owned(), e)
-    }
-
-    pub(crate) fn note_read_error(&self, obj: &ObjectRef, e: &std::io::Error) {
-        let n = self.counters.read_errors.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.read_log.ready() {
-            let path = obj.path(&self.cfg.dir);
-            tracing::warn!(
-                "disk cache read failed ({n} so far): {}: {e}",
-                path.display()
-            );
-        }
-    }
-
-    fn note_corrupt(&self, obj: &ObjectRef, corrupt: Corrupt) {
-        let n = self
-            .counters
-            .corrupt_removed
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        if self.corrupt_log.ready() {
-            let path = obj.path(&self.cfg.dir);
-            tracing::warn!(
-                "removed invalid cache file ({n} so far): {}: {corrupt}",
-                path.display()
-            );
-        }
-    }
-
-    /// Deletes a file found invalid while it was being served.
-    pub(crate) async fn drop_corrupt(&'static self, obj: ObjectRef, corrupt: Corrupt) {
-        self.forget(obj);
-        let path = obj.path(&self.cfg.dir);
-        let _ = tokio::task::spawn_blocking(move || io::remove_quietly(&path)).await;
-        self.note_corrupt(&obj, corrupt);
     }
 }

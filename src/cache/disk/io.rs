@@ -18,7 +18,7 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, Storage};
 use pingora_error::Result;
 
-use super::format::{self, Corrupt, Header, MetaBytes, ObjectRef, FIXED_LEN};
+use super::format::{self, Corrupt, Header, MetaBytes, ObjectRef};
 use super::{legacy, DiskError, DiskStorage};
 use crate::cache::stream::{read_chunk, READ_CHUNK};
 use crate::media_type::{self, SNIFF_LEN};
@@ -78,7 +78,7 @@ pub(crate) fn inspect(
         file.read_exact_at(&mut head[first..], first as u64)?;
     }
     let content_type = media_type::sniff(&head);
-    if content_type == media_type::OCTET_STREAM || len < FIXED_LEN as u64 {
+    if content_type == media_type::OCTET_STREAM {
         return Ok(Err(Corrupt::UnknownLegacy));
     }
     if !legacy::looks_complete(file, len, content_type, &head)? {

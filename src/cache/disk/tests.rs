@@ -439,6 +439,19 @@ async fn read_only_dir_degrades_to_no_disk_caching() {
     assert!(s.lookup(&key(18), &span()).await.unwrap().is_none());
 }
 
+#[test]
+fn probe_dir_tells_a_usable_directory_from_an_unusable_one() {
+    let work = tempfile::tempdir().unwrap();
+    assert!(DiskStorage::probe_dir(&work.path().join("not/yet/there")).is_ok());
+    assert!(
+        !work.path().join("not").exists(),
+        "the probe creates nothing"
+    );
+    std::fs::write(work.path().join("file"), b"x").unwrap();
+    assert!(DiskStorage::probe_dir(&work.path().join("file/cache")).is_err());
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 1);
+}
+
 #[tokio::test]
 async fn write_failure_mid_body_fails_the_fill_and_counts_it() {
     let dir = tempfile::tempdir().unwrap();
