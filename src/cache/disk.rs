@@ -32,7 +32,7 @@
 //! they hold at that moment).
 
 pub mod format;
-pub mod index;
+pub(crate) mod index;
 mod io;
 mod legacy;
 mod scan;
@@ -242,7 +242,8 @@ impl DiskStorage {
     /// Starts the restart scan (once). Called by the first lookup or fill; call it from a
     /// service's start to scan before the first request. Never before Pingora forks.
     pub fn start_background(&'static self) {
-        if self.started.swap(true, Ordering::AcqRel) {
+        // A plain load first: this runs on every lookup.
+        if self.started.load(Ordering::Acquire) || self.started.swap(true, Ordering::AcqRel) {
             return;
         }
         self.books.lock().removed_while_scanning = Some(HashSet::new());
@@ -375,7 +376,7 @@ impl DiskStorage {
     }
 
     /// Starts writing `obj`: reserves its declared size (evicting to make room), creates
-    /// the temp file. Fails without side effects when the tier is not writable.
+    /// the temp file. Fails at once while the tier is off for writes.
     pub async fn begin_write(
         &'static self,
         obj: ObjectRef,
