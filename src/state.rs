@@ -22,7 +22,6 @@ use crate::metrics;
 use crate::shimmie::Bans;
 use crate::sync::{SyncService, SyncTarget};
 use crate::tls::CertStore;
-use pingora_cache::CacheKey;
 
 /// The cache parts live for the whole process: Pingora's cache API takes `&'static`.
 pub struct CacheParts {
@@ -130,25 +129,39 @@ impl Shared {
     /// Removes an image from every cache tier, both silos. Returns whether any tier
     /// held it.
     pub fn purge_hash(&self, hash: &str) -> bool {
-        let mut found = false;
-        for silo in Silo::ALL {
-            let key = CacheKey::new(format!("{}/{hash}", silo.as_str()), "");
-            found |= self.cache.memory.remove(&key);
+        // Through the tiered store, so the disk tier's file is unlinked too.
+        match self.cache.storage.purge_hash_now(hash) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("purge of {hash:?} refused: {e}");
+                false
+            }
         }
-        found
     }
 
     /// The cache tiers' numbers, for `/status` and `/metrics`.
     pub fn tier_stats(&self) -> Vec<metrics::TierStats> {
-        let m = self.cache.memory.stats();
-        vec![metrics::TierStats {
+        let stats = self.cache.storage.stats();
+        let m = stats.memory;
+        let mut tiers = vec![metrics::TierStats {
             tier: "memory",
             bytes: m.bytes as u64,
             objects: m.objects as u64,
             budget: m.budget as u64,
             evictions: m.evictions,
             evicted_bytes: m.evicted_bytes,
-        }]
+        }];
+        if let Some(d) = stats.disk {
+            tiers.push(metrics::TierStats {
+                tier: "disk",
+                bytes: d.bytes,
+                objects: d.objects,
+                budget: d.budget,
+                evictions: d.evictions,
+                evicted_bytes: d.evicted_bytes,
+            });
+        }
+        tiers
     }
 }
 

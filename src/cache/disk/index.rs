@@ -110,6 +110,7 @@ impl Index {
         self.map.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -117,10 +118,6 @@ impl Index {
     /// Bytes charged for every indexed file.
     pub fn bytes(&self) -> u64 {
         self.blocks * BLOCK
-    }
-
-    pub fn contains(&self, key: &HashBinary) -> bool {
-        self.map.contains_key(key)
     }
 
     pub fn get(&self, key: &HashBinary) -> Option<Rec> {
@@ -232,7 +229,8 @@ impl Index {
         self.remove(&key).map(|r| (key, r))
     }
 
-    /// Objects from most to least recently used (for tests and debugging).
+    /// Objects from most to least recently used.
+    #[cfg(test)]
     pub fn iter_mru(&self) -> impl Iterator<Item = Rec> + '_ {
         let mut i = self.head;
         std::iter::from_fn(move || {

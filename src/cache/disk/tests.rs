@@ -126,6 +126,19 @@ async fn hit_after_complete_write_returns_identical_bytes_and_meta() {
 }
 
 #[tokio::test]
+async fn fsync_mode_writes_and_serves_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DiskConfig {
+        fsync: true,
+        ..config(dir.path(), 1 << 30)
+    };
+    let s: &'static DiskStorage = Box::leak(Box::new(DiskStorage::open(cfg)));
+    let b = body(100_000, 9);
+    put(s, &key(30), &b).await;
+    assert_eq!(get(s, &key(30)).await.unwrap(), b);
+}
+
+#[tokio::test]
 async fn large_object_is_read_in_bounded_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
