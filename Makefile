@@ -9,7 +9,10 @@ BIN := target/release/shimmer
 BUILD_DEPS := cmake:cmake pkg-config:pkg-config cc:gcc perl:perl make:make curl:curl
 TEST_DEPS := promtool:prometheus openssl:openssl \
   /usr/lib/postgresql/*/bin/postgres:postgresql /usr/sbin/mariadbd:mariadb-server
-.PHONY: all deps test-deps install-missing build run demo test lint bench clean
+# `make bench` runs shimmer beside nginx and Varnish; wrk drives them, taskset pins them.
+BENCH_DEPS := /usr/sbin/nginx:nginx /usr/sbin/varnishd:varnish wrk:wrk taskset:util-linux \
+  python3:python3
+.PHONY: all deps test-deps bench-deps install-missing build run demo test lint bench clean
 
 all: build
 
@@ -47,6 +50,16 @@ demo: build
 # the integration tests share (they start target/release/shimmer).
 test: test-deps
 	$(CARGO) test --release --locked --all-targets --no-fail-fast
+
+bench-deps: deps
+	@$(MAKE) --no-print-directory install-missing PAIRS="$(BENCH_DEPS)"
+
+# Benchmarks report, they never fail on a number. The fleet simulation (no network),
+# then shimmer, nginx and Varnish in turn in front of one origin: tables on stdout,
+# JSON in target/bench/. See README.md, Performance.
+bench: bench-deps build
+	$(CARGO) bench --locked --bench fleet_sim
+	python3 benches/http/bench.py
 
 lint:
 	$(CARGO) fmt --all -- --check

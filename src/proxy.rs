@@ -17,6 +17,8 @@ use pingora_cache::{
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+mod memory_hit;
+
 use crate::config::Settings;
 use crate::metrics;
 use crate::request::{self, MediaRequest, Reject, HOP_PARAM};
@@ -57,6 +59,8 @@ pub struct RequestCtx {
     /// Origins tried so far for this request (the next one is `origins[tries % n]`).
     origin_tries: usize,
     origin_started: Option<Instant>,
+    /// Answered by the memory-hit fast path (pingora-cache never ran).
+    memory_hit: bool,
     started: Instant,
 }
 
@@ -77,6 +81,7 @@ impl ProxyHttp for Mirror {
             outcome: Outcome::Pending,
             origin_tries: 0,
             origin_started: None,
+            memory_hit: false,
             started: Instant::now(),
         }
     }
@@ -140,6 +145,12 @@ impl ProxyHttp for Mirror {
                 session.write_response_header(Box::new(resp), true).await?;
                 return Ok(true);
             }
+        }
+        if memory_hit::serve(session, &self.shared.cache.storage, &media, &ctx.settings).await? {
+            ctx.outcome = Outcome::Served;
+            ctx.memory_hit = true;
+            ctx.media = Some(media);
+            return Ok(true);
         }
         ctx.media = Some(media);
         Ok(false)
@@ -313,16 +324,7 @@ impl ProxyHttp for Mirror {
         if bodiless && matches!(session.cache.phase(), CachePhase::Miss) {
             session.set_keepalive(None);
         }
-        let s = &ctx.settings;
-        let cache_control = match resp.status.as_u16() {
-            200 | 206 | 304 => s.cache_control.clone(),
-            404 => format!("public, max-age={}", s.not_found_ttl.as_secs()),
-            _ => "no-store".to_owned(),
-        };
-        resp.insert_header(header::CACHE_CONTROL, cache_control)?;
-        resp.insert_header("x-shimmer-node", s.node.as_str())?;
-        resp.insert_header("x-cache", cache_status(session.cache.phase()))?;
-        Ok(())
+        decorate(resp, &ctx.settings, cache_status(session.cache.phase()))
     }
 
     fn fail_to_connect(
@@ -423,6 +425,7 @@ impl ProxyHttp for Mirror {
             Outcome::Error | Outcome::Pending => "error",
             Outcome::Served if status == 404 => "not_found",
             Outcome::Served if status >= 500 => "error",
+            Outcome::Served if ctx.memory_hit => "hit",
             Outcome::Served => match session.cache.phase() {
                 CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
                     "hit"
@@ -453,6 +456,19 @@ impl ProxyHttp for Mirror {
             ctx.started.elapsed().as_secs_f64() * 1000.0,
         );
     }
+}
+
+/// The headers every served image carries, whichever path served it.
+fn decorate(resp: &mut ResponseHeader, s: &Settings, x_cache: &'static str) -> Result<()> {
+    let cache_control = match resp.status.as_u16() {
+        200 | 206 | 304 => s.cache_control.clone(),
+        404 => format!("public, max-age={}", s.not_found_ttl.as_secs()),
+        _ => "no-store".to_owned(),
+    };
+    resp.insert_header(header::CACHE_CONTROL, cache_control)?;
+    resp.insert_header("x-shimmer-node", s.node.as_str())?;
+    resp.insert_header("x-cache", x_cache)?;
+    Ok(())
 }
 
 /// The value of the `x-cache` response header for a cache phase.

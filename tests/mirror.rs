@@ -100,6 +100,45 @@ async fn owner_serves_exact_bytes_image_and_video() {
     assert_eq!(s.origin.requests().await, 2);
 }
 
+/// A plain GET hit is answered by the memory fast path; a HEAD or a conditional GET that
+/// does not match goes through pingora-cache's full hit path. Both must say the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_fast_path_answers_like_the_full_hit_path() {
+    let s = single_node("", "");
+    let c = client();
+    let bytes = jpeg_bytes(30_000, 9);
+    let hash = test_hash(9);
+    s.data.put("_images", &hash, &bytes);
+    let url = s.mirror.url(&format!("/_images/{hash}/9.jpg"));
+    let (st, _, _) = get(&c, &url, &[]).await;
+    assert_eq!(st, 200);
+
+    let comparable = |h: &HeaderMap| {
+        let mut v: Vec<(String, String)> = h
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "date" | "age"))
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    let (st, fast, body) = get(&c, &url, &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(header(&fast, "x-cache"), "HIT");
+    assert_eq!(sha256(&body), sha256(&bytes));
+    assert!(header(&fast, "age").parse::<u64>().is_ok(), "an Age header");
+
+    let (st, full, body) = get(&c, &url, &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(st, 200);
+    assert_eq!(sha256(&body), sha256(&bytes));
+    assert_eq!(comparable(&fast), comparable(&full));
+
+    let resp = c.head(&url).send().await.expect("HEAD");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(comparable(&fast), comparable(resp.headers()));
+    assert_eq!(s.origin.requests().await, 1);
+}
+
 /// Three mirrors named by their ports (so the template's links are real URLs) with
 /// equal weights, one origin, and the view Shimmie would compute for them.
 struct Fleet {

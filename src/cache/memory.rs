@@ -127,6 +127,19 @@ pub(crate) struct SerializedMeta {
     header: Vec<u8>,
     decoded_header: ResponseHeader,
     decoded_bytes: usize,
+    /// What the fast path needs of the internal meta, without decoding it.
+    fresh_until: SystemTime,
+    epoch: SystemTime,
+}
+
+/// A completed, fresh object in the memory tier, for the proxy's fast path: what a plain
+/// GET hit needs to be answered without pingora-cache's state machine.
+pub struct FreshObject {
+    /// The stored response header (a copy).
+    pub header: ResponseHeader,
+    /// Seconds since the object was admitted or revalidated (the `Age` header).
+    pub age_secs: u64,
+    pub body: Bytes,
 }
 
 /// The serialized form of an empty response header. A hit rebuilds its `CacheMeta` from
@@ -155,6 +168,8 @@ impl SerializedMeta {
             header,
             decoded_header: meta.response_header_copy(),
             decoded_bytes,
+            fresh_until: meta.fresh_until(),
+            epoch: meta.epoch(),
         })
     }
 
@@ -435,6 +450,27 @@ impl MemoryStorage {
         self.objects
             .get(hash)
             .filter(|s| s.key == *hash && s.object.is_some())
+    }
+
+    /// The completed object for `hash` if it is fresh at `now` and no fill for it is in
+    /// progress (a fill would be newer). Counts as an access, like a `lookup` hit.
+    pub fn fresh_object(&self, hash: &HashBinary, now: SystemTime) -> Option<FreshObject> {
+        if self.fills.read().contains_key(hash) {
+            return None;
+        }
+        let slot = self.live_slot(hash)?;
+        let object = slot.object.as_ref()?;
+        let meta = &object.meta;
+        if meta.fresh_until < now {
+            return None;
+        }
+        Some(FreshObject {
+            header: meta.decoded_header.clone(),
+            age_secs: now
+                .duration_since(meta.epoch)
+                .map_or(0, |age| age.as_secs()),
+            body: object.body.clone(),
+        })
     }
 
     /// The newest fill for `hash` that a new reader may attach to.

@@ -25,6 +25,7 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,7 +40,7 @@ use pingora_error::{Error, ErrorType, Result};
 
 use crate::cache::declared_len;
 use crate::cache::disk::{DiskStats, DiskStorage, MetaBytes, ObjectRef, Silo};
-use crate::cache::memory::{MemoryStats, MemoryStorage};
+use crate::cache::memory::{FreshObject, MemoryStats, MemoryStorage};
 use crate::cache::stream::StreamFill;
 use fill::TieredMissHandler;
 use promote::TieredHit;
@@ -204,6 +205,17 @@ impl TieredStorage {
                 fills.remove(&fill.key);
             }
         }
+    }
+
+    /// A fresh object held whole in the memory tier, unless a fill for it is in progress
+    /// in either tier (that would be newer). The proxy answers plain GET hits from this
+    /// without pingora-cache's lookup; everything else takes the full path.
+    pub fn memory_fresh_object(&self, key: &CacheKey, now: SystemTime) -> Option<FreshObject> {
+        let hash = key.combined_bin();
+        if self.fills.read().contains_key(&hash) {
+            return None;
+        }
+        self.memory.fresh_object(&hash, now)
     }
 
     /// Whether a body of `body_len` with this meta fits the memory tier.
