@@ -22,6 +22,10 @@
 //!   its mtime) if its format's end checks out ([`legacy`]), else deleted. Not rewritten:
 //!   adoption costs no I/O beyond a header read, and the directory stays usable by
 //!   shm-cached for a rollback.
+//! - **Purges.** A purge marks every disk fill of the object in progress, then forgets
+//!   and unlinks the file; a fill publishes (checks its mark, renames, indexes) in one
+//!   critical section under the same per-key lock, so a purge always wins over a fill
+//!   in progress when it came and never over one started after it ([`publish`]).
 //! - **Failures.** A directory that cannot be created or written, a full disk or an I/O
 //!   error is counted, logged at most once a minute, and turns the tier off for writes
 //!   for 30 s; the tiered store then fills memory only. Nothing is ever answered 5xx
@@ -35,10 +39,13 @@ pub mod format;
 pub(crate) mod index;
 mod io;
 mod legacy;
+mod publish;
 mod scan;
 mod storage;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_purge;
 #[cfg(test)]
 mod tests_scan;
 mod upkeep;
@@ -160,6 +167,9 @@ pub struct DiskStorage {
     books: Mutex<Books>,
     /// Fills of this store used directly as a `Storage` (the tiered store has its own).
     fills: RwLock<HashMap<HashBinary, Vec<Arc<StreamFill>>>>,
+    /// Every disk fill in progress (this store's and the tiered store's), by key, and the
+    /// per-key locks that order a fill's rename against a purge's unlink ([`publish`]).
+    writing: publish::Writing,
     next_id: AtomicU64,
     /// One bit per `<silo>/<ab>/<cd>` directory known to exist.
     dirs_made: Box<[AtomicU64]>,
@@ -173,7 +183,23 @@ pub struct DiskStorage {
     /// Tests: body writes past this many bytes fail with ENOSPC.
     #[cfg(test)]
     pub(crate) fail_writes_after: AtomicU64,
+    /// Tests: called at the points of a fill where a purge may come (see [`TestHook`]).
+    #[cfg(test)]
+    pub(crate) hook: TestHookSlot,
 }
+
+/// Tests: where a fill is when [`DiskStorage::hook`] is called (on a blocking thread).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TestHook {
+    /// Registered, creating the temp file.
+    CreatingTemp,
+    /// Body and header written, about to take the key's lock to rename.
+    Publishing,
+}
+
+#[cfg(test)]
+pub(crate) type TestHookSlot = Mutex<Option<Arc<dyn Fn(TestHook, ObjectRef) + Send + Sync>>>;
 
 impl DiskStorage {
     /// Prepares the directory (creates it, removes temp files of dead processes, checks
@@ -185,6 +211,7 @@ impl DiskStorage {
             cfg,
             books: Mutex::new(Books::default()),
             fills: RwLock::new(HashMap::new()),
+            writing: publish::Writing::new(),
             next_id: AtomicU64::new(1),
             dirs_made: (0..2 * 65536 / 64).map(|_| AtomicU64::new(0)).collect(),
             degraded_until: AtomicU64::new(0),
@@ -195,6 +222,8 @@ impl DiskStorage {
             corrupt_log: LogEvery::new(60),
             #[cfg(test)]
             fail_writes_after: AtomicU64::new(u64::MAX),
+            #[cfg(test)]
+            hook: Mutex::new(None),
         };
         match store.prepare() {
             Ok(temps) => tracing::info!(
@@ -375,8 +404,9 @@ impl DiskStorage {
         Some((meta, hit))
     }
 
-    /// Starts writing `obj`: reserves its declared size (evicting to make room), creates
-    /// the temp file. Fails at once while the tier is off for writes.
+    /// Starts writing `obj`: registers the fill (from here on a purge of `obj` keeps it
+    /// from publishing, see [`publish`]), reserves its declared size (evicting to make
+    /// room), creates the temp file. Fails at once while the tier is off for writes.
     pub async fn begin_write(
         &'static self,
         obj: ObjectRef,
@@ -397,6 +427,8 @@ impl DiskStorage {
         let header_len = header_len as u64;
         let reserve = declared.map_or(0, |l| u64::from(blocks_for(header_len + l)) * BLOCK);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Before the first await: the fill has started for a purge from here on.
+        let ticket = self.register_writer(obj, id);
         let silo = match obj.silo {
             Silo::Images => 'i',
             Silo::Thumbs => 't',
@@ -412,6 +444,8 @@ impl DiskStorage {
         let need_dir = !self.dir_known(&obj);
         let (temp2, tmp_dir, leaf) = (temp.clone(), self.tmp.clone(), obj.path(&self.cfg.dir));
         let created = tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            self.run_hook(TestHook::CreatingTemp, obj);
             if need_dir {
                 if let Some(parent) = leaf.parent() {
                     std::fs::create_dir_all(parent)?;
@@ -451,43 +485,58 @@ impl DiskStorage {
             crc: crc32fast::Hasher::new(),
             reserved: reserve,
             done: false,
+            ticket,
         })
     }
 
-    /// Removes `obj` (index entry and file). Returns whether anything was there.
+    /// Purges `obj`: keeps every disk fill of it in progress from publishing, removes
+    /// its index entry and unlinks its file by path (so also a file the restart scan has
+    /// not indexed yet). Race-free against fills finishing meanwhile ([`publish`]); a
+    /// fill started after this returned publishes normally. Whether anything was there.
     pub async fn remove(&'static self, obj: ObjectRef) -> bool {
-        let indexed = self.forget_purged(obj);
-        let path = obj.path(&self.cfg.dir);
-        let unlinked = tokio::task::spawn_blocking(move || io::remove_quietly(&path))
-            .await
-            .unwrap_or(false);
-        self.count_purge(indexed || unlinked)
+        self.purge_entry(obj.key_hash(), Some(obj)).await
     }
 
     /// [`Self::remove`] on the calling thread (one `unlink`), for synchronous callers.
     pub fn remove_now(&self, obj: ObjectRef) -> bool {
-        let indexed = self.forget_purged(obj);
-        let unlinked = io::remove_quietly(&obj.path(&self.cfg.dir));
-        self.count_purge(indexed || unlinked)
-    }
-
-    fn count_purge(&self, found: bool) -> bool {
-        if found {
-            self.counters.purged.fetch_add(1, Ordering::Relaxed);
-        }
-        found
-    }
-
-    /// Forgets `obj` in the index and keeps fills in progress from storing it.
-    fn forget_purged(&self, obj: ObjectRef) -> bool {
         let key = obj.key_hash();
+        let readers = self.mark_stream_fills(&key);
+        let found = self.purge_locked(key, Some(obj));
+        self.count_purge(readers | found)
+    }
+
+    /// [`Self::remove`] by key, with the object when known.
+    pub(crate) async fn purge_entry(
+        &'static self,
+        key: HashBinary,
+        obj: Option<ObjectRef>,
+    ) -> bool {
+        let readers = self.mark_stream_fills(&key);
+        let found = match tokio::task::spawn_blocking(move || self.purge_locked(key, obj)).await {
+            Ok(found) => found,
+            // The blocking pool is going away (shutdown): a purge is never dropped.
+            Err(_) => self.purge_locked(key, obj),
+        };
+        self.count_purge(readers | found)
+    }
+
+    /// Stops handing this store's own fills of `key` to new readers.
+    fn mark_stream_fills(&self, key: &HashBinary) -> bool {
         let mut found = false;
-        if let Some(fills) = self.fills.read().get(&key) {
+        if let Some(fills) = self.fills.read().get(key) {
             for f in fills {
                 found |= !f.purged.swap(true, Ordering::AcqRel);
             }
         }
-        found | self.forget(obj)
+        found
+    }
+
+    #[cfg(test)]
+    pub(crate) fn run_hook(&self, at: TestHook, obj: ObjectRef) {
+        let hook = self.hook.lock().clone();
+        if let Some(hook) = hook {
+            hook(at, obj);
+        }
     }
 
     /// Drops `obj` from the index (its file is gone or going). Whether it was indexed.

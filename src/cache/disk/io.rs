@@ -19,6 +19,7 @@ use pingora_cache::{CacheKey, Storage};
 use pingora_error::Result;
 
 use super::format::{self, Corrupt, Header, MetaBytes, ObjectRef};
+use super::publish::{Published, Ticket};
 use super::{legacy, DiskError, DiskStorage};
 use crate::cache::stream::{read_chunk, READ_CHUNK};
 use crate::media_type::{self, SNIFF_LEN};
@@ -285,6 +286,7 @@ impl HandleHit for DiskHit {
 
 /// Writes one object to a temp file; [`DiskWriter::finish`] renames it into place.
 /// Dropped before that, it removes the temp file and gives back its reservation.
+/// Registered as a fill in progress from start to end, so a purge can stop it.
 pub struct DiskWriter {
     pub(crate) store: &'static DiskStorage,
     pub(crate) obj: ObjectRef,
@@ -298,6 +300,8 @@ pub struct DiskWriter {
     /// Bytes reserved against the budget while the file is written.
     pub(crate) reserved: u64,
     pub(crate) done: bool,
+    /// The fill's registration, which a purge marks (see `disk/publish.rs`).
+    pub(crate) ticket: Ticket,
 }
 
 /// Creates a temp file for writing and reading (readers of the fill share the fd).
@@ -351,8 +355,12 @@ impl DiskWriter {
         Ok(())
     }
 
-    /// Writes the header, renames the file into place and indexes it. `purged` is
-    /// checked before and after the rename so a ban racing the fill always wins.
+    /// Writes the header, renames the file into place and indexes it, unless a purge of
+    /// the object came since the fill started: then nothing is published, the temp file
+    /// is removed and the result is [`DiskError::Purged`]. The check and the rename are
+    /// one critical section under the key's lock, which every purge takes too (see
+    /// `disk/publish.rs`), so no purge can fall between them. `purged` (the caller's own
+    /// flag for the fill, set by purges before they reach the disk) only saves the work.
     /// Returns the bytes the object is charged.
     pub async fn finish(mut self, purged: &AtomicBool) -> Result<u64, DiskError> {
         if let Some(expected) = self.expected.filter(|&e| e != self.written) {
@@ -368,38 +376,47 @@ impl DiskWriter {
         let header_len = usize::try_from(self.header_len).unwrap_or(usize::MAX);
         let header = format::encode(&self.obj, &self.meta, header_len, self.written, Some(crc))
             .ok_or(DiskError::MetaTooLarge(self.meta.len()))?;
-        let file = self.file.clone();
-        let temp = self.temp.clone();
-        let dest = self.obj.path(self.store.dir());
-        let fsync = self.store.config().fsync;
-        let res = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let (store, obj) = (self.store, self.obj);
+        let fill = (obj, self.ticket.key, self.ticket.id);
+        let (file, temp) = (self.file.clone(), self.temp.clone());
+        let (len, reserved) = (self.header_len + self.written, self.reserved);
+        let fsync = store.config().fsync;
+        let res = tokio::task::spawn_blocking(move || -> io::Result<Published> {
             file.write_all_at(&header, 0)?;
             if fsync {
                 file.sync_data()?;
             }
-            std::fs::rename(&temp, &dest)?;
-            if fsync {
+            #[cfg(test)]
+            store.run_hook(super::TestHook::Publishing, obj);
+            let published = store.publish(fill, &temp, len, reserved)?;
+            if fsync && matches!(published, Published::Done { .. }) {
+                let dest = obj.path(store.dir());
                 if let Some(parent) = dest.parent() {
-                    File::open(parent)?.sync_all()?;
+                    // Published and indexed already: a failure here costs durability only.
+                    if let Err(e) = File::open(parent).and_then(|d| d.sync_all()) {
+                        store.note_write_error("fsync", parent, &e);
+                    }
                 }
             }
-            Ok(())
+            Ok(published)
         })
         .await
         .map_err(io::Error::other)
         .and_then(|r| r);
-        if let Err(e) = res {
-            return Err(self.store.write_failed("commit", &self.temp, e));
+        match res {
+            Err(e) => Err(self.store.write_failed("commit", &self.temp, e)),
+            Ok(Published::Purged) => {
+                self.ticket.published();
+                Err(DiskError::Purged) // dropping `self` removes the temp file
+            }
+            Ok(Published::Done { charged, victims }) => {
+                self.ticket.published();
+                self.done = true;
+                self.reserved = 0; // moved to the index by `publish`
+                self.store.unlink(victims).await;
+                Ok(charged)
+            }
         }
-        self.done = true;
-        let len = self.header_len + self.written;
-        let reserved = std::mem::take(&mut self.reserved);
-        let charged = self.store.commit(self.obj, len, reserved).await;
-        if purged.load(Ordering::Acquire) {
-            self.store.remove(self.obj).await;
-            return Err(DiskError::Purged);
-        }
-        Ok(charged)
     }
 }
 

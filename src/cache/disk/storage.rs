@@ -47,20 +47,12 @@ impl DiskStorage {
         }
     }
 
-    /// Removes the object an index key names (a purge by hash). During the restart scan
-    /// an object not yet indexed cannot be found this way: bans use the path instead
+    /// Purges the object an index key names (a purge by hash): its fills in progress and,
+    /// when one of them or the index knows the object, its file. During the restart scan
+    /// a file not yet indexed cannot be found this way: bans use the path instead
     /// (`TieredStorage::purge_hash`).
     pub(crate) async fn purge_key(&'static self, key: &HashBinary) -> bool {
-        let mut found = false;
-        if let Some(fills) = self.fills.read().get(key) {
-            for f in fills {
-                found |= !f.purged.swap(true, Ordering::AcqRel);
-            }
-        }
-        match self.indexed_object(key) {
-            Some(obj) => self.remove(obj).await | found,
-            None => found,
-        }
+        self.purge_entry(*key, None).await
     }
 
     /// Rewrites the meta of a stored object in place when it fits its header.

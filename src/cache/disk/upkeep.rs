@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use pingora_cache::key::HashBinary;
 
 use super::format::{Corrupt, ObjectRef};
-use super::index::{blocks_for, Index, Rec};
+use super::index::{Index, Rec};
 use super::{io, DiskError, DiskStorage};
 use crate::cache::unix_now;
 
@@ -35,22 +35,6 @@ impl Books {
 }
 
 impl DiskStorage {
-    /// Indexes a file just renamed into place; evicts to stay within budget.
-    pub(crate) async fn commit(&'static self, obj: ObjectRef, len: u64, reserved: u64) -> u64 {
-        let rec = Rec {
-            obj,
-            blocks: blocks_for(len),
-        };
-        let victims = {
-            let mut books = self.books.lock();
-            books.reserved = books.reserved.saturating_sub(reserved);
-            books.index.insert_hot(obj.key_hash(), rec);
-            self.evict_locked(&mut books)
-        };
-        self.unlink(victims).await;
-        rec.bytes()
-    }
-
     /// Gives back a fill's reservation.
     pub(crate) fn release(&self, reserved: u64) {
         if reserved > 0 {
