@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::fleet::Silo;
 use crate::metrics;
-use crate::state::{primary_share, Shared};
+use crate::state::Shared;
 
 /// Purge bodies larger than this are refused: 1 MiB is ~30,000 hashes.
 const MAX_PURGE_BODY: usize = 1 << 20;
@@ -98,7 +98,7 @@ impl AdminApp {
                         "template": t.as_str(),
                         "balanced": t.is_balanced(),
                         "nodes": nodes,
-                        "this_node_share": primary_share(&view, silo, &settings.node),
+                        "this_node_share": view.primary_share(silo, &settings.node),
                     }),
                 )
             })

@@ -2,7 +2,6 @@
 //! current settings and fleet view (swapped whole on reload or sync), and the cache
 //! parts that Pingora needs as `&'static`.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -122,7 +121,7 @@ impl Shared {
             }
             metrics::EXPECTED_SHARE
                 .with_label_values(&[silo.as_str()])
-                .set(primary_share(view, silo, &node));
+                .set(view.primary_share(silo, &node));
         }
     }
 
@@ -163,28 +162,6 @@ impl Shared {
         }
         tiers
     }
-}
-
-/// The share of a silo's images `node` is primary for: 1 when the silo is unbalanced,
-/// otherwise estimated over a fixed sample of hashes (the same for every algorithm,
-/// and exact enough for a dashboard: about ±0.5 percentage points).
-pub fn primary_share(view: &FleetView, silo: Silo, node: &str) -> f64 {
-    const SAMPLE: u32 = 20_000;
-    if !view.template(silo).is_balanced() {
-        return 1.0;
-    }
-    let mut hits = 0u32;
-    let mut hash = String::with_capacity(32);
-    for i in 0..SAMPLE {
-        hash.clear();
-        // Spread the sample over the key space like md5s do.
-        let x = u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
-        let _ = write!(hash, "{x:032x}");
-        if view.owners(silo, &hash).primary() == Some(node) {
-            hits += 1;
-        }
-    }
-    f64::from(hits) / f64::from(SAMPLE)
 }
 
 /// The database sync drives the mirror through this seam.

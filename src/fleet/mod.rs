@@ -22,6 +22,7 @@ mod php;
 mod placement;
 mod rendezvous;
 pub mod selection;
+mod share;
 mod template;
 
 pub use error::FleetError;
@@ -33,6 +34,7 @@ pub use template::{Node, Template};
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 /// The two media trees a mirror serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,6 +165,8 @@ impl FleetSpec {
 pub struct FleetView {
     algorithm: Algorithm,
     silos: [Placement; 2],
+    /// Each node's primary share per silo, measured on first use (see `share`).
+    shares: [OnceLock<Vec<(String, f64)>>; 2],
 }
 
 impl FleetView {
@@ -181,7 +185,23 @@ impl FleetView {
         Ok(FleetView {
             algorithm: spec.algorithm,
             silos: [build(Silo::Images)?, build(Silo::Thumbs)?],
+            shares: [OnceLock::new(), OnceLock::new()],
         })
+    }
+
+    /// The share of the silo's images `node` is primary for: 1 when the silo is
+    /// unbalanced (every node serves it), 0 for a node the template does not name.
+    /// Measured once per view, on first use, to about half a percentage point.
+    pub fn primary_share(&self, silo: Silo, node: &str) -> f64 {
+        let placement = self.placement(silo);
+        if !placement.template().is_balanced() {
+            return 1.0;
+        }
+        self.shares[silo.index()]
+            .get_or_init(|| share::primary_shares(placement))
+            .iter()
+            .find(|(name, _)| name == node)
+            .map_or(0.0, |(_, share)| *share)
     }
 
     /// The owners of `hash` in `silo` (32 lowercase hex, validated by the caller).
