@@ -2,6 +2,10 @@
 //! cached images into 404s, a broken template keeps the old view, and the database
 //! going away stops nothing. Real binary, real origin, real SQLite / PostgreSQL /
 //! MariaDB, written to the way Shimmie writes.
+//!
+//! No test asserts on timing: latencies are printed (`-- --nocapture` shows them) and
+//! the assertions are on what the mirror answers, reached within [`DEADLINE`], which
+//! only exists so a broken build fails instead of hanging.
 
 mod common;
 #[path = "common/db.rs"]
@@ -13,6 +17,15 @@ use common::*;
 use db::{DbServer, Shimmie};
 use reqwest::{Client, StatusCode};
 use shimmer::fleet::{Algorithm, FleetSpec, FleetView, Silo};
+
+/// The longest any state is waited for. Not a bound on anything: a slow machine may
+/// take a hundred times the usual latency and still pass; only a hang fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A measured latency for a printed line: `112 ms`.
+fn shown(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
 
 fn client() -> Client {
     Client::builder()
@@ -124,8 +137,8 @@ impl Rig {
     }
 }
 
-/// Polls until `url` answers `want`; returns how long it took. Not a timing
-/// assertion: the cap only keeps a broken build from hanging.
+/// Polls until `url` answers `want`; returns how long it took (to print, never to
+/// assert on). Panics if it still answers something else after [`DEADLINE`].
 async fn until_status(c: &Client, url: &str, want: u16) -> Duration {
     let started = Instant::now();
     loop {
@@ -134,7 +147,7 @@ async fn until_status(c: &Client, url: &str, want: u16) -> Duration {
             return started.elapsed();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < DEADLINE,
             "{url} still answers {got:?}, want {want}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -178,7 +191,10 @@ async fn weights_bans_and_broken_templates(db: &Shimmie, dsn: &str, engine: &str
         db.set_config("image_ilink", Some(&after)).await;
         until_status(&c, &rig.url(&hash), 200).await
     };
-    println!("{engine}: weight change reached the mirror in {took:?}");
+    println!(
+        "{engine}: weight change seen by the mirror after {}",
+        shown(took)
+    );
 
     // Cached, then banned: 404 whatever the cache holds; unbanned: served again.
     let r = c.get(rig.url(&hash)).send().await.expect("request");
@@ -189,17 +205,17 @@ async fn weights_bans_and_broken_templates(db: &Shimmie, dsn: &str, engine: &str
     let started = Instant::now();
     while !on_disk(&rig.cache_dir, &hash) {
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < DEADLINE,
             "the image was not cached on disk"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = until_status(&c, &rig.url(&hash), 404).await;
-    println!("{engine}: ban reached the mirror in {took:?}");
+    println!("{engine}: ban in force at the mirror after {}", shown(took));
     let started = Instant::now();
     while on_disk(&rig.cache_dir, &hash) {
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < DEADLINE,
             "the banned image's cache file stayed"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -225,7 +241,7 @@ async fn weights_bans_and_broken_templates(db: &Shimmie, dsn: &str, engine: &str
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < DEADLINE,
             "no template error counted:\n{m}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -313,7 +329,7 @@ async fn database_killed_under_load_fails_no_request_and_catches_up() {
     let started = Instant::now();
     while !rig.metrics().await.contains("shimmer_sync_up 0") {
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < DEADLINE,
             "sync still reported up with the database gone"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -323,6 +339,9 @@ async fn database_killed_under_load_fails_no_request_and_catches_up() {
     let db = Shimmie::connect(&server.dsn()).await;
     db.ban(&hashes[0]).await;
     let took = until_status(&c, &rig.url(&hashes[0]), 404).await;
-    println!("postgres back: a ban written after the restart reached the mirror in {took:?}");
+    println!(
+        "postgres back: a ban written after the restart in force at the mirror after {}",
+        shown(took)
+    );
     assert!(rig.metrics().await.contains("shimmer_sync_up 1"));
 }

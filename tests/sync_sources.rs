@@ -3,6 +3,9 @@
 //!
 //! Every test runs on a current-thread runtime, so the sync service's task runs on
 //! the test's thread and its log lines land in the test's own capture buffer.
+//!
+//! No test asserts on timing: latencies are printed (see `-- --nocapture`) and the
+//! assertions are on state, waited for up to [`DEADLINE`] so that nothing hangs.
 
 #[path = "common/db.rs"]
 mod db;
@@ -34,6 +37,14 @@ fn md5(hash: &str) -> u128 {
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// Not a bound on anything: a slow machine may take 100x the usual and still pass.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A measured latency for a printed line: `112 ms`.
+fn shown(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
 }
 
 // ---------------------------------------------------------------- environments
@@ -170,27 +181,22 @@ impl Running {
     }
     async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let ended = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let ended = tokio::time::timeout(DEADLINE, self.task).await;
         assert!(ended.is_ok(), "the sync service did not stop on shutdown");
     }
 }
 
-/// Polls `probe` until true; how long it took, or `None` after `limit`.
-async fn eventually(limit: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
+/// Polls `probe` until true and returns how long that took: a measurement to print,
+/// never to assert on. Panics naming `what` if it is still false after [`DEADLINE`].
+async fn eventually(what: &str, mut probe: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    while start.elapsed() <= limit {
+    loop {
         if probe() {
-            return Some(start.elapsed());
+            return start.elapsed();
         }
+        assert!(start.elapsed() <= DEADLINE, "{what}: never happened");
         tokio::time::sleep(ms(5)).await;
     }
-    None
-}
-
-/// Like [`eventually`], but panics naming `what` when `limit` passes.
-async fn within(what: &str, limit: Duration, probe: impl FnMut() -> bool) -> Duration {
-    let took = eventually(limit, probe).await;
-    took.unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
 }
 
 // ---------------------------------------------------------------- log capture
@@ -319,31 +325,28 @@ async fn postgres_notification_wakes_the_wait() {
     let env = pg().await;
     let source = env.source();
     let wait = |limit| source.wait_for_change(limit);
-    assert_eq!(
-        wait(Duration::from_secs(5)).await.expect("listen"),
-        Change::Subscribed
-    );
+    assert_eq!(wait(DEADLINE).await.expect("listen"), Change::Subscribed);
     assert_eq!(wait(ms(100)).await.expect("wait"), Change::Timeout);
 
     // A Shimmie-style save (DELETE + INSERT + NOTIFY config in one transaction).
     let started = Instant::now();
-    let (change, ()) = tokio::join!(wait(Duration::from_secs(20)), async {
+    let (change, ()) = tokio::join!(wait(DEADLINE), async {
         tokio::time::sleep(ms(200)).await;
         env.db.set_config("image_ilink", Some(T_B)).await;
     });
-    let waited = started.elapsed();
+    let waited = shown(started.elapsed());
     let config = Change::Notified {
         channel: "config".into(),
         payload: String::new(),
     };
+    // Notified, not the deadline's Timeout: the notification woke the wait.
     assert_eq!(change.expect("wait"), config);
-    assert!(waited < Duration::from_secs(20), "not the timeout");
-    eprintln!("postgres: NOTIFY config woke the wait after {waited:?} (written at 200ms)");
+    eprintln!("postgres: NOTIFY config woke the wait after {waited} (written at 200 ms)");
     assert_eq!(settings(&*source).await.image_ilink.as_deref(), Some(T_B));
 
     // The older paheal channel, with the hash as payload.
     env.db.exec(&format!("NOTIFY shm_image_bans, '{H1}'")).await;
-    let change = wait(Duration::from_secs(20)).await.expect("wait");
+    let change = wait(DEADLINE).await.expect("wait");
     let bans = Change::Notified {
         channel: "shm_image_bans".into(),
         payload: H1.into(),
@@ -356,12 +359,17 @@ async fn polled_engines_wait_the_interval() {
     let env = lite().await;
     let source = env.source();
     env.db.set_config("image_ilink", Some(T_A)).await;
+    // Only the interval ends the wait, not a change (an hour here, cut short by the test).
+    let hour = Duration::from_secs(3600);
+    let cut = tokio::time::timeout(ms(100), source.wait_for_change(hour)).await;
+    assert!(cut.is_err(), "a polled source returned early: {cut:?}");
     let started = Instant::now();
     assert_eq!(
         source.wait_for_change(ms(150)).await.expect("wait"),
         Change::Timeout
     );
-    assert!(started.elapsed() >= ms(150));
+    let waited = shown(started.elapsed());
+    eprintln!("sqlite: a 150 ms wait_for_change returned Timeout after {waited}");
 }
 
 // ---------------------------------------------------------------- 200,000 bans
@@ -373,12 +381,12 @@ async fn check_bulk(env: Env) {
     let source = env.source();
     let started = Instant::now();
     let all = source.all_bans(50_000).await.expect("all bans");
-    let read = started.elapsed();
+    let read = shown(started.elapsed());
     let bans = Bans::new();
     bans.replace_all(all.rows.iter().map(|r| r.hash).collect());
-    let total = started.elapsed();
+    let total = shown(started.elapsed());
     let bytes = bans.heap_bytes();
-    eprintln!("{e}: 200,000 bans: read in {read:?}, in the set after {total:?} ({bytes} bytes)");
+    eprintln!("{e}: 200,000 bans: read in {read}, in the set after {total} ({bytes} bytes)");
     assert_eq!(bans.len(), 200_000);
     assert!(bans.contains(&db::bulk_hash(1, 123_456)));
     let last = all.last_id.expect("last id");
@@ -414,23 +422,23 @@ async fn check_service(env: Env) {
     env.db.set_config("image_ilink", Some(T_A)).await;
     env.db.set_config("image_tlink", Some(TLINK)).await;
     env.db.ban(H1).await;
-    // The default interval (500 ms). The bounds: 1 s on PostgreSQL (NOTIFY
-    // for settings, polling for bans), one interval (+ query time) on the others.
+    // The default interval (500 ms). The targets, printed next to the measurements
+    // (not asserted: a slow machine may miss them): 1 s on PostgreSQL (NOTIFY for
+    // settings, polling for bans), one interval (+ query time) on the others.
     let interval = SyncOptions::default().interval;
-    let bound = match env.engine {
+    let target = shown(match env.engine {
         "postgres" => Duration::from_secs(1),
         _ => interval + ms(500),
-    };
+    });
     let full_reread = Duration::from_secs(2);
     let mut opts = options(interval, Some(state.clone()));
     opts.full_reread = full_reread;
     let r = run(env.source(), opts);
     let (t, e) = (&r.target, env.engine);
-    let secs = Duration::from_secs;
 
-    within("first view", secs(10), || t.ilink().as_deref() == Some(T_A)).await;
+    eventually("first view", || t.ilink().as_deref() == Some(T_A)).await;
     let loaded = || t.bans.contains(H1) && t.purged(H1);
-    within("initial ban load and purge", secs(5), loaded).await;
+    eventually("initial ban load and purge", loaded).await;
     let view = t.view.lock().clone().expect("view");
     assert!(view.template(Silo::Images).is_balanced());
     assert!(!view.template(Silo::Thumbs).is_balanced(), "no braces");
@@ -439,17 +447,17 @@ async fn check_service(env: Env) {
     // A weight change.
     env.db.set_config("image_ilink", Some(T_B)).await;
     let changed = || t.ilink().as_deref() == Some(T_B);
-    let took = within("weight change", secs(5), changed).await;
-    eprintln!("{e}: weight change reached the view in {took:?} (bound {bound:?})");
-    assert!(took <= bound, "{e}: weight change took {took:?}");
-    assert_eq!(r.status().view_version, 2);
+    let took = shown(eventually("weight change", changed).await);
+    eprintln!("{e}: weight change seen after {took} (target {target})");
+    assert_eq!(
+        r.status().view_version,
+        2,
+        "{e}: one new view for one change"
+    );
 
     // A broken template: the view stays, the error is counted and logged.
     env.db.set_config("image_ilink", Some(BROKEN)).await;
-    within("template error", secs(5), || {
-        r.status().template_errors == 1
-    })
-    .await;
+    eventually("template error", || r.status().template_errors == 1).await;
     tokio::time::sleep(interval * 2).await;
     let s = r.status();
     // Counted once, however many polls see it.
@@ -463,23 +471,23 @@ async fn check_service(env: Env) {
     assert!(logged && log.contains("image_ilink"), "{e}: log:\n{log}");
     env.db.set_config("image_ilink", Some(T_B)).await;
     let cleared = || r.status().template_error.is_none();
-    within("error clears", secs(5), cleared).await;
+    eventually("error clears", cleared).await;
     assert_eq!(r.status().view_version, 2, "{e}: same settings, same view");
 
-    // A ban while serving: in the set and purged within the bound.
+    // A ban while serving: in the set and purged.
     env.db.ban(H2).await;
-    let took = within("ban", secs(5), || t.bans.contains(H2) && t.purged(H2)).await;
-    eprintln!("{e}: new ban in force and purged in {took:?}");
-    assert!(took <= bound, "{e}: ban took {took:?}");
+    let banned = || t.bans.contains(H2) && t.purged(H2);
+    let took = shown(eventually("ban", banned).await);
+    eprintln!("{e}: new ban in force and purged after {took} (target {target})");
 
     // An unban: servable again after the full re-read.
     env.db.unban(H1).await;
-    let took = within("unban", secs(6), || !t.bans.contains(H1)).await;
-    eprintln!("{e}: unban seen in {took:?} (full re-read every {full_reread:?})");
+    let took = shown(eventually("unban", || !t.bans.contains(H1)).await);
+    eprintln!("{e}: unban seen after {took} (full re-read every {full_reread:?})");
     assert!(t.bans.contains(H2));
 
     // The status and the state file follow at the end of the round.
-    within("status", secs(5), || r.status().bans_known == 1).await;
+    eventually("status", || r.status().bans_known == 1).await;
     let s = r.status();
     assert!(s.up && s.last_success.is_some(), "{e}: {s:?}");
     let saved = persist::load(&state)
@@ -502,13 +510,12 @@ async fn check_restart(mut env: Env) {
     env.db.set_config("image_ilink", Some(T_A)).await;
     let r = run(env.source(), options(Duration::from_secs(1), None));
     let t = Arc::clone(&r.target);
-    within("up", Duration::from_secs(10), || r.status().up).await;
+    eventually("up", || r.status().up).await;
     assert_eq!(r.status().view_version, 1);
 
     let server = env.server.as_mut().expect("a server");
     server.kill();
-    let secs = Duration::from_secs;
-    within("noticed the database is gone", secs(15), || !r.status().up).await;
+    eventually("noticed the database is gone", || !r.status().up).await;
     let s = r.status();
     eprintln!("{e}: while down: {:?}", s.last_error);
     assert!(s.last_error.is_some() && s.view_version == 1, "{e}: {s:?}");
@@ -520,10 +527,10 @@ async fn check_restart(mut env: Env) {
     server.start();
     let back = Instant::now();
     env.db.ban(H3).await;
-    let took = within("catch-up", Duration::from_secs(15), || t.purged(H3)).await;
-    let since = back.elapsed();
-    eprintln!("{e}: caught up {took:?} after the ban, {since:?} after the restart");
-    within("up again", Duration::from_secs(5), || r.status().up).await;
+    let took = shown(eventually("catch-up", || t.purged(H3)).await);
+    let since = shown(back.elapsed());
+    eprintln!("{e}: caught up {took} after the ban, {since} after the restart");
+    eventually("up again", || r.status().up).await;
     assert_eq!(r.status().view_version, 1, "{e}: same settings, same view");
     r.shutdown().await;
 }
@@ -545,10 +552,7 @@ async fn sqlite_missing_at_start_uses_the_state_file() {
     let opts = options(ms(300), Some(state.clone()));
     let r = run(shimmie::connect(&dsn).expect("lazy"), opts);
     let t = Arc::clone(&r.target);
-    within("first failure", Duration::from_secs(5), || {
-        r.status().sync_errors > 0
-    })
-    .await;
+    eventually("first failure", || r.status().sync_errors > 0).await;
     let s = r.status();
     let restored = !s.up && s.restored_from_disk && s.view_version == 1;
     assert!(restored, "{s:?}");
@@ -564,10 +568,10 @@ async fn sqlite_missing_at_start_uses_the_state_file() {
     db.set_config("image_ilink", Some(T_B)).await;
     db.ban(H2).await;
     let caught_up = || t.ilink().as_deref() == Some(T_B) && t.bans.contains(H2);
-    let took = within("catch-up", Duration::from_secs(5), caught_up).await;
-    eprintln!("sqlite: caught up {took:?} after the database appeared");
+    let took = shown(eventually("catch-up", caught_up).await);
+    eprintln!("sqlite: caught up {took} after the database appeared");
     assert!(!t.bans.contains(H1), "the full read replaces the saved set");
-    within("up", Duration::from_secs(5), || r.status().up).await;
+    eventually("up", || r.status().up).await;
     r.shutdown().await;
 }
 
@@ -586,14 +590,11 @@ async fn postgres_down_at_start_then_back() {
     server.stop();
     let r = run(source, options(Duration::from_secs(1), Some(state)));
     let t = Arc::clone(&r.target);
-    within("first failure", Duration::from_secs(15), || {
-        r.status().sync_errors > 0
-    })
-    .await;
+    eventually("first failure", || r.status().sync_errors > 0).await;
     assert_eq!(t.ilink().as_deref(), Some(T_A), "the persisted view");
     server.start();
     let caught_up = || t.ilink().as_deref() == Some(T_B) && t.purged(H2);
-    let took = within("catch-up", Duration::from_secs(15), caught_up).await;
-    eprintln!("postgres: caught up {took:?} after the server started");
+    let took = shown(eventually("catch-up", caught_up).await);
+    eprintln!("postgres: caught up {took} after the server started");
     r.shutdown().await;
 }

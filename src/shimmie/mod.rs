@@ -1,6 +1,8 @@
 //! Source of truth: Shimmie's own database (or the static YAML fallback).
 //!
-//! One [`Source`] trait, one module per engine, all on sqlx:
+//! One [`Source`] trait, one module per engine, all on sqlx. The queries and their
+//! row handling are written once, generic over the engine, in [`sql`]; each engine
+//! module adds only what differs (placeholders, column types, connection options):
 //! - [`postgres`]: polling plus `LISTEN config` / `LISTEN shm_image_bans`, so a
 //!   Shimmie config save (which sends `NOTIFY config`) wakes the sync at once;
 //! - [`mysql`] (MySQL and MariaDB) and [`sqlite`]: polling only (Shimmie's notify is a
@@ -16,6 +18,7 @@ pub mod bans;
 pub mod mysql;
 pub mod persist;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod static_source;
 
