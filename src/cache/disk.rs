@@ -22,10 +22,13 @@
 //!   its mtime) if its format's end checks out ([`legacy`]), else deleted. Not rewritten:
 //!   adoption costs no I/O beyond a header read, and the directory stays usable by
 //!   shm-cached for a rollback.
-//! - **Purges.** A purge marks every disk fill of the object in progress, then forgets
-//!   and unlinks the file; a fill publishes (checks its mark, renames, indexes) in one
-//!   critical section under the same per-key lock, so a purge always wins over a fill
-//!   in progress when it came and never over one started after it ([`publish`]).
+//! - **Purges and races.** A purge marks every disk fill of the object in progress, then
+//!   forgets and unlinks the file; a fill publishes (checks its mark, renames, indexes)
+//!   in one critical section under the same per-key lock, so a purge always wins over a
+//!   fill in progress when it came and never over one started after it. An eviction's
+//!   unlink, a lookup's indexing or forgetting, and the removal of an invalid file take
+//!   the same lock and re-check the path or the index first, so none of them undoes a
+//!   publish that came meanwhile ([`publish`]).
 //! - **Failures.** A directory that cannot be created or written, a full disk or an I/O
 //!   error is counted, logged at most once a minute, and turns the tier off for writes
 //!   for 30 s; the tiered store then fills memory only. Nothing is ever answered 5xx
@@ -47,6 +50,8 @@ pub(crate) mod tests;
 #[cfg(test)]
 mod tests_purge;
 #[cfg(test)]
+mod tests_races;
+#[cfg(test)]
 mod tests_scan;
 mod upkeep;
 
@@ -67,7 +72,7 @@ pub use storage::seed_object;
 use crate::cache::stream::StreamFill;
 use crate::cache::{unix_now, LogEvery};
 use format::Corrupt;
-use index::{blocks_for, Rec, BLOCK};
+use index::{blocks_for, BLOCK};
 use io::Found;
 use upkeep::Books;
 
@@ -183,12 +188,13 @@ pub struct DiskStorage {
     /// Tests: body writes past this many bytes fail with ENOSPC.
     #[cfg(test)]
     pub(crate) fail_writes_after: AtomicU64,
-    /// Tests: called at the points of a fill where a purge may come (see [`TestHook`]).
+    /// Tests: called at the points where a purge or a publish may come (see [`TestHook`]).
     #[cfg(test)]
     pub(crate) hook: TestHookSlot,
 }
 
-/// Tests: where a fill is when [`DiskStorage::hook`] is called (on a blocking thread).
+/// Tests: where a fill, an eviction or a lookup is when [`DiskStorage::hook`] is called
+/// (on a blocking thread, holding no lock).
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TestHook {
@@ -196,6 +202,14 @@ pub(crate) enum TestHook {
     CreatingTemp,
     /// Body and header written, about to take the key's lock to rename.
     Publishing,
+    /// An evicted object (popped from the index), about to take its key's lock to unlink.
+    Evicting,
+    /// A lookup opened a valid file, about to take the key's lock to index it.
+    LookupFound,
+    /// A lookup found no file, about to take the key's lock to forget the entry.
+    LookupMissing,
+    /// A lookup found an invalid file, about to take the key's lock to remove it.
+    LookupInvalid,
 }
 
 #[cfg(test)]
@@ -335,21 +349,14 @@ impl DiskStorage {
     /// files are a miss; read errors are counted and logged.
     pub async fn lookup_object(&'static self, obj: ObjectRef) -> Option<(CacheMeta, DiskHit)> {
         self.start_background();
-        let path = obj.path(&self.cfg.dir);
-        let found = tokio::task::spawn_blocking(move || io::open_checked(&path, &obj, true))
+        let found = tokio::task::spawn_blocking(move || self.open_for_lookup(obj))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
         let opened = match found {
             Ok(Found::Valid(opened)) => opened,
-            Ok(Found::Missing) => {
-                // A plain miss, or a file someone else removed: drop a stale entry (not
-                // noted for the scan: there is nothing it could bring back).
-                self.books.lock().index.remove(&obj.key_hash());
-                return None;
-            }
-            Ok(Found::Removed(corrupt)) => {
-                self.forget(obj);
+            Ok(Found::Missing) => return None,
+            Ok(Found::Invalid(corrupt, _)) => {
                 self.note_corrupt(&obj, corrupt);
                 return None;
             }
@@ -363,7 +370,7 @@ impl DiskStorage {
                 Ok(meta) => (meta, h.meta, h.header_len, h.body_len, h.body_crc),
                 Err(_) => {
                     // Checks out but pingora cannot read the meta (a format change).
-                    self.drop_corrupt(obj, Corrupt::Version(format::VERSION))
+                    self.drop_corrupt(obj, opened.id, Corrupt::Version(format::VERSION))
                         .await;
                     return None;
                 }
@@ -380,20 +387,11 @@ impl DiskStorage {
                 (meta, bytes, 0, opened.len, None)
             }
         };
-        {
-            let mut books = self.books.lock();
-            if !books.index.touch(&obj.key_hash()) {
-                let rec = Rec {
-                    obj,
-                    blocks: blocks_for(opened.len),
-                };
-                books.index.insert_hot(obj.key_hash(), rec);
-            }
-        }
         let hit = DiskHit {
             store: self,
             obj,
             file: Arc::new(opened.file),
+            id: opened.id,
             meta: Arc::new(hit_meta),
             body_off,
             body_len,
@@ -402,6 +400,32 @@ impl DiskStorage {
             crc: crc.map(|want| (crc32fast::Hasher::new(), want)),
         };
         Some((meta, hit))
+    }
+
+    /// Opens and checks `obj`'s file for a lookup (blocking), then settles the index
+    /// under the key's lock ([`publish`]): a file found is indexed (or marked as just
+    /// used) if the path still names it; an invalid file is removed if the path still
+    /// names it; no file at all forgets a stale entry if the path is still empty.
+    fn open_for_lookup(&self, obj: ObjectRef) -> std::io::Result<Found> {
+        let found = io::open_checked(&obj.path(&self.cfg.dir), &obj, true)?;
+        match &found {
+            Found::Valid(opened) => {
+                #[cfg(test)]
+                self.run_hook(TestHook::LookupFound, obj);
+                self.index_hit(obj, opened.id, opened.len);
+            }
+            Found::Missing => {
+                #[cfg(test)]
+                self.run_hook(TestHook::LookupMissing, obj);
+                self.drop_file(obj, None);
+            }
+            Found::Invalid(_, id) => {
+                #[cfg(test)]
+                self.run_hook(TestHook::LookupInvalid, obj);
+                self.drop_file(obj, Some(*id));
+            }
+        }
+        Ok(found)
     }
 
     /// Starts writing `obj`: registers the fill (from here on a purge of `obj` keeps it

@@ -3,9 +3,9 @@
 //! (temp file, `pwrite`, header last, rename when complete).
 
 use std::any::Any;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -88,9 +88,38 @@ pub(crate) fn inspect(
     Ok(Ok(Inspected::Legacy { content_type }))
 }
 
+/// Which file an object's path named when it was opened (device and inode). A step that
+/// acts on "the file at the path" later checks, under the key's lock, that the path still
+/// names it and not a file published since (`disk/publish.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(crate) fn of(md: &Metadata) -> FileId {
+        FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+        }
+    }
+
+    /// The regular file at `path` now (blocking): `Ok(None)` if there is none.
+    pub(crate) fn at(path: &Path) -> io::Result<Option<FileId>> {
+        match std::fs::metadata(path) {
+            Ok(md) if md.is_file() => Ok(Some(FileId::of(&md))),
+            Ok(_) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// A file opened for a hit, checked.
 pub(crate) struct Opened {
     pub file: File,
+    pub id: FileId,
     pub len: u64,
     pub mtime: SystemTime,
     pub kind: Inspected,
@@ -100,11 +129,13 @@ pub(crate) struct Opened {
 pub(crate) enum Found {
     Missing,
     Valid(Opened),
-    /// Invalid and deleted.
-    Removed(Corrupt),
+    /// Invalid: the caller removes it, if the path still names it
+    /// ([`DiskStorage::drop_file`]).
+    Invalid(Corrupt, FileId),
 }
 
-/// Opens and checks the file for `obj` (blocking). An invalid file is deleted here.
+/// Opens and checks the file for `obj` (blocking). Removes nothing: an invalid file is
+/// reported with its identity, for the caller to remove under the key's lock.
 /// `touch`: refresh an old mtime of ours (a hit; not the restart scan).
 pub(crate) fn open_checked(path: &Path, obj: &ObjectRef, touch: bool) -> io::Result<Found> {
     let file = match File::open(path) {
@@ -116,21 +147,18 @@ pub(crate) fn open_checked(path: &Path, obj: &ObjectRef, touch: bool) -> io::Res
     if !md.is_file() {
         return Ok(Found::Missing);
     }
-    let len = md.len();
+    let (id, len) = (FileId::of(&md), md.len());
     let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let kind = match inspect(&file, obj, len) {
         Ok(Ok(kind)) => kind,
-        Ok(Err(corrupt)) => {
-            remove_quietly(path);
-            return Ok(Found::Removed(corrupt));
-        }
+        Ok(Err(corrupt)) => return Ok(Found::Invalid(corrupt, id)),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             // Shrank while we looked: whatever it is, it is not whole.
-            remove_quietly(path);
-            return Ok(Found::Removed(Corrupt::Length {
+            let corrupt = Corrupt::Length {
                 actual: len,
                 expected: len + 1,
-            }));
+            };
+            return Ok(Found::Invalid(corrupt, id));
         }
         Err(e) => return Err(e),
     };
@@ -145,6 +173,7 @@ pub(crate) fn open_checked(path: &Path, obj: &ObjectRef, touch: bool) -> io::Res
     }
     Ok(Found::Valid(Opened {
         file,
+        id,
         len,
         mtime,
         kind,
@@ -175,6 +204,8 @@ pub struct DiskHit {
     pub(crate) store: &'static DiskStorage,
     pub(crate) obj: ObjectRef,
     pub(crate) file: Arc<File>,
+    /// The file's identity: a body found bad removes this file, not a newer one.
+    pub(crate) id: FileId,
     pub(crate) meta: Arc<MetaBytes>,
     pub(crate) body_off: u64,
     pub(crate) body_len: u64,
@@ -195,7 +226,7 @@ impl DiskHit {
     }
 
     async fn fail(&self, corrupt: Corrupt) -> Box<pingora_error::Error> {
-        self.store.drop_corrupt(self.obj, corrupt).await;
+        self.store.drop_corrupt(self.obj, self.id, corrupt).await;
         DiskError::Corrupt {
             path: self.obj.path(self.store.dir()),
             reason: corrupt,

@@ -1,16 +1,28 @@
-//! A purge always wins over a disk fill that was in progress when it came, and never over
-//! one started after it.
+//! Everything that changes which file an object path holds, or whether the index has an
+//! entry for it, happens under the object's key lock (one of [`STRIPES`] mutexes, picked
+//! by the key hash). So a purge always wins over a disk fill that was in progress when it
+//! came, and never over one started after it; and an eviction, a lookup or the removal of
+//! an invalid file never undoes a publish that came while it ran.
 //!
 //! Every disk fill has a slot under its key from the moment it starts
 //! ([`DiskStorage::begin_write`], before its temp file exists) until it publishes or is
-//! dropped. Under the key's lock (one of [`STRIPES`] mutexes, picked by the key hash):
+//! dropped. Under the key's lock:
 //!
 //! - a **purge** of the key marks every slot of the key, forgets the index entry and
 //!   unlinks the file, all in one critical section ([`DiskStorage::purge_locked`]);
 //! - a fill **publishes** in one critical section too: it takes its slot out and, only if
 //!   no purge marked it, renames its temp file into place and indexes it
-//!   ([`DiskStorage::publish`]). A marked fill returns [`DiskError::Purged`] and its
-//!   temp file is removed when the writer is dropped.
+//!   ([`DiskStorage::publish`]). A marked fill returns
+//!   [`DiskError::Purged`](super::DiskError::Purged) and its temp file is removed when
+//!   the writer is dropped;
+//! - an **eviction** pops entries from the index under the books lock alone (it runs
+//!   under other keys' locks), then unlinks each victim's file under the victim's key
+//!   lock, only if the key is still not indexed ([`DiskStorage::unlink_evicted`]);
+//! - a **lookup** that opened a file indexes it only if the path still names that file
+//!   (same device and inode), and one that found no file forgets the index entry only if
+//!   the path is still empty ([`DiskStorage::index_hit`], [`DiskStorage::drop_file`]);
+//! - an **invalid file** (bad header, short, bad body CRC) is forgotten and unlinked only
+//!   if the path still names the file that was found invalid ([`DiskStorage::drop_file`]).
 //!
 //! Two critical sections of one key never overlap, so for a purge P and a fill F that
 //! started before P (its slot registered before P's critical section):
@@ -24,7 +36,22 @@
 //! slip behind: the flag a caller passes to `finish` (the tiered store's fill) is only an
 //! early exit, every purge path of the tiers also goes through [`DiskStorage::purge_locked`].
 //!
-//! Lock order: a key's stripe, then the books (index). Nothing takes them the other way.
+//! The other steps rest on one invariant, true whenever a key's lock is held: if the
+//! index has an entry for the key, the file at its path is the one that entry stands for
+//! (a publish renames and indexes in one critical section; a hit indexes only the file
+//! the path still names). So an evicted key found indexed again under its lock was
+//! republished or re-indexed by a hit, and its file is kept; found not indexed, the file
+//! at the path is the victim itself (or one that was evicted or purged too), and it is
+//! unlinked. A lookup miss or an invalid file re-checks the path itself under the lock:
+//! a publish either came before (the path is not empty, or names another file: nothing
+//! is removed) or comes after (its entry is made after the stale one is forgotten).
+//!
+//! Only the restart scan adds index entries without a key lock ([`super::scan`]); it
+//! skips every key removed while it ran, and adds nothing a key already has.
+//!
+//! Lock order: a key's stripe, then the books (index). Nothing takes them the other way,
+//! and no code holds two stripes: eviction victims are unlinked after the lock of the key
+//! whose fill evicted them is released (a victim may share its stripe).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -37,7 +64,8 @@ use pingora_cache::key::HashBinary;
 
 use super::format::ObjectRef;
 use super::index::{blocks_for, KeyHasher, Rec};
-use super::{io as disk_io, DiskStorage};
+use super::io::{self as disk_io, FileId};
+use super::DiskStorage;
 
 /// Mutexes the keys are spread over: purges and publications of different keys rarely
 /// wait on each other, and each critical section is one `rename` or one `unlink`.
@@ -198,6 +226,78 @@ impl DiskStorage {
         found |= disk_io::remove_quietly(&obj.path(&self.cfg.dir));
         drop(slots);
         found
+    }
+
+    /// Unlinks the files of evicted index entries (blocking), each under its key's lock and
+    /// only if the key has not been indexed again since it was evicted (a newer publish,
+    /// or a hit that re-indexed the file before it was unlinked). Never call it holding a
+    /// key's lock.
+    pub(super) fn unlink_evicted(&self, victims: &[Rec]) {
+        for v in victims {
+            #[cfg(test)]
+            self.run_hook(super::TestHook::Evicting, v.obj);
+            let key = v.obj.key_hash();
+            let _slots = self.writing.lock(&key);
+            if self.books.lock().index.get(&key).is_none() {
+                disk_io::remove_quietly(&v.obj.path(&self.cfg.dir));
+            }
+        }
+    }
+
+    /// Indexes (or marks as just used) the file `id` (`len` bytes) that a lookup found
+    /// at `obj`'s path (blocking). An object not indexed is indexed under its key's lock,
+    /// only if the path still names that file: a purge or an eviction may have unlinked it
+    /// since it was opened (an entry would outlive the file), or a publish replaced it
+    /// (that publish indexed its own file).
+    pub(super) fn index_hit(&self, obj: ObjectRef, id: FileId, len: u64) {
+        let key = obj.key_hash();
+        if self.books.lock().index.touch(&key) {
+            return;
+        }
+        let _slots = self.writing.lock(&key);
+        if matches!(FileId::at(&obj.path(&self.cfg.dir)), Ok(Some(now)) if now == id) {
+            let mut books = self.books.lock();
+            if !books.index.touch(&key) {
+                let rec = Rec {
+                    obj,
+                    blocks: blocks_for(len),
+                };
+                books.index.insert_hot(key, rec);
+            }
+        }
+    }
+
+    /// Removes what a lookup or a read found wrong at `obj`'s path (blocking), under the
+    /// key's lock: `seen` is the file found invalid, `None` if there was no file. The
+    /// file is forgotten and unlinked only if the path still names it, and an index entry
+    /// is forgotten when the path now names nothing; a file published meanwhile is left
+    /// alone, with its entry. Whether a file was unlinked.
+    pub(super) fn drop_file(&self, obj: ObjectRef, seen: Option<FileId>) -> bool {
+        let key = obj.key_hash();
+        // Nothing indexed and no file to remove: nothing to do. An entry made after this
+        // check is a newer publish's, which must stay.
+        if seen.is_none() && self.books.lock().index.get(&key).is_none() {
+            return false;
+        }
+        let path = obj.path(&self.cfg.dir);
+        let _slots = self.writing.lock(&key);
+        match FileId::at(&path) {
+            Ok(None) => {
+                // A stale entry (the file went behind our back).
+                let mut books = self.books.lock();
+                if books.index.remove(&key).is_some() {
+                    books.note_removed(key);
+                }
+                false
+            }
+            Ok(Some(now)) if Some(now) == seen => {
+                self.forget(obj);
+                disk_io::remove_quietly(&path)
+            }
+            // Another file now (a publish came meanwhile, and indexed it), or the path
+            // cannot be checked: leave both alone.
+            Ok(Some(_)) | Err(_) => false,
+        }
     }
 
     /// Counts a purge that found something.

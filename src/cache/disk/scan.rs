@@ -93,9 +93,7 @@ pub(super) fn rebuild(store: &'static DiskStorage) {
         books.removed_while_scanning = None;
         store.evict_locked(&mut books)
     };
-    for v in &victims {
-        io::remove_quietly(&v.obj.path(&store.cfg.dir));
-    }
+    store.unlink_evicted(&victims);
     let millis = started.elapsed().as_millis() as u64;
     let c = &store.counters;
     c.adopted.fetch_add(tally.adopted, Ordering::Relaxed);
@@ -190,7 +188,8 @@ fn scan_file(store: &DiskStorage, obj: ObjectRef, path: &Path, tally: &mut Tally
                 mtime,
             });
         }
-        Ok(Found::Removed(corrupt)) => {
+        Ok(Found::Invalid(corrupt, id)) => {
+            store.drop_file(obj, Some(id));
             tally.removed += 1;
             store.note_corrupt(&obj, corrupt);
         }

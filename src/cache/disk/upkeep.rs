@@ -9,7 +9,8 @@ use pingora_cache::key::HashBinary;
 
 use super::format::{Corrupt, ObjectRef};
 use super::index::{Index, Rec};
-use super::{io, DiskError, DiskStorage};
+use super::io::FileId;
+use super::{DiskError, DiskStorage};
 use crate::cache::unix_now;
 
 /// After a write error, the tier takes no new fills for this long.
@@ -67,17 +68,13 @@ impl DiskStorage {
         }
     }
 
-    pub(super) async fn unlink(&self, victims: Vec<Rec>) {
+    /// Unlinks evicted objects' files on the blocking pool, each only if its key was not
+    /// indexed again meanwhile ([`DiskStorage::unlink_evicted`]). Never holding a key lock.
+    pub(super) async fn unlink(&'static self, victims: Vec<Rec>) {
         if victims.is_empty() {
             return;
         }
-        let dir = self.cfg.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for v in victims {
-                io::remove_quietly(&v.obj.path(&dir));
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || self.unlink_evicted(&victims)).await;
     }
 
     /// Evicts at least `bytes` more than the budget demands (the disk is fuller than the
@@ -168,11 +165,10 @@ impl DiskStorage {
         }
     }
 
-    /// Deletes a file found invalid while it was being served.
-    pub(crate) async fn drop_corrupt(&'static self, obj: ObjectRef, corrupt: Corrupt) {
-        self.forget(obj);
-        let path = obj.path(&self.cfg.dir);
-        let _ = tokio::task::spawn_blocking(move || io::remove_quietly(&path)).await;
+    /// Deletes the file `id`, found invalid while it was being served, unless the path
+    /// names a newer file by now ([`DiskStorage::drop_file`]).
+    pub(crate) async fn drop_corrupt(&'static self, obj: ObjectRef, id: FileId, corrupt: Corrupt) {
+        let _ = tokio::task::spawn_blocking(move || self.drop_file(obj, Some(id))).await;
         self.note_corrupt(&obj, corrupt);
     }
 }
