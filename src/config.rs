@@ -219,7 +219,8 @@ pub struct Settings {
     pub lock_timeout: Duration,
     pub not_found_ttl: Duration,
     /// The disk tier (`shimmer.cache.dir` and friends), if configured. The directory is
-    /// not touched here: one that cannot be used is reported when the mirror starts.
+    /// not touched here: one that cannot be used is reported when the mirror starts
+    /// (and by `shimmer -t`, see [`warnings`]).
     pub disk: Option<DiskConfig>,
     pub cache_control: String,
     pub max_path_bytes: usize,
@@ -407,6 +408,8 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
         .map(ops::tls)
         .transpose()
         .map_err(|(key, m)| invalid(key, m))?;
+    distinct_listeners(&raw.listen, tls.as_ref(), admin.listen)
+        .map_err(|(key, m)| invalid(key, m))?;
     Ok(Settings {
         node,
         listen: raw.listen,
@@ -434,6 +437,68 @@ fn validate(path: &Path, raw: RawShimmer) -> Result<Settings, ConfigError> {
         source,
         sync,
     })
+}
+
+/// Refuses two listeners on one address. Pingora would not refuse them: its listeners
+/// take an address's socket from one table of bound sockets, so the second listener
+/// would silently share the first one's socket, and two services (plain HTTP and TLS,
+/// or the mirror and the admin API) would take turns accepting its connections, e.g.
+/// half the TLS handshakes answered by the admin API and cut short. An unspecified
+/// address (`0.0.0.0`, `[::]`) overlaps every address on its port.
+fn distinct_listeners(
+    listen: &[String],
+    tls: Option<&ops::Tls>,
+    admin: Option<SocketAddr>,
+) -> Result<(), (&'static str, String)> {
+    let named = |key: &'static str, addrs: &[String]| -> Vec<(&'static str, SocketAddr)> {
+        // Each was parsed already; one that does not parse was refused before this.
+        addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .map(|a| (key, a))
+            .collect()
+    };
+    let mut all = named("shimmer.listen", listen);
+    all.extend(named(
+        "shimmer.tls.listen",
+        tls.map_or(&[][..], |t| &t.listen[..]),
+    ));
+    all.extend(admin.map(|a| ("shimmer.admin.listen", a)));
+    let overlap = |a: &SocketAddr, b: &SocketAddr| {
+        a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (i, (key, addr)) in all.iter().enumerate() {
+        if let Some((other_key, other)) = all[..i].iter().find(|(_, o)| overlap(o, addr)) {
+            let clash = if other == addr {
+                format!("{addr} is also in {other_key}")
+            } else {
+                format!("{addr} overlaps {other} in {other_key}")
+            };
+            return Err((
+                key,
+                format!("{clash}: each address can carry one listener only"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What `shimmer -t` reports without refusing the file: the mirror would start, but
+/// not as configured. Each names the file and the key, like a [`ConfigError`].
+pub fn warnings(path: &Path, settings: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(disk) = &settings.disk {
+        if let Err(e) = crate::cache::disk::DiskStorage::probe_dir(&disk.dir) {
+            out.push(format!(
+                "{}: shimmer.cache.dir: {} cannot be created or written ({e}); the mirror \
+                 would run with the memory tier only until the directory can be used",
+                path.display(),
+                disk.dir.display()
+            ));
+        }
+    }
+    out
 }
 
 /// The disk tier from `shimmer.cache`: `disk_bytes` is required with `dir`, and the

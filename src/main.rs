@@ -66,6 +66,11 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // Before anything slow (reading the config and certificates, Pingora's start): a
+    // SIGHUP from here on is held for the reload service instead of killing us.
+    if let Err(e) = reload::hold_early_sighup() {
+        eprintln!("shimmer: warning: cannot hold SIGHUP until reload is ready: {e}");
+    }
     let loaded = match &cli.conf {
         Some(path) => config::load(path),
         None => config::parse(
@@ -81,7 +86,24 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        println!("shimmer: config ok (node {})", loaded.settings.node);
+        // Warnings do not fail the check: the mirror would start and serve, only not
+        // entirely as configured (e.g. without its disk tier).
+        let path = cli
+            .conf
+            .as_deref()
+            .unwrap_or(std::path::Path::new("<embedded conf/shimmer.yaml>"));
+        let warnings = config::warnings(path, &loaded.settings);
+        for w in &warnings {
+            eprintln!("shimmer: warning: {w}");
+        }
+        match warnings.len() {
+            0 => println!("shimmer: config ok (node {})", loaded.settings.node),
+            n => println!(
+                "shimmer: config ok (node {}) with {n} warning{} (see above)",
+                loaded.settings.node,
+                if n == 1 { "" } else { "s" }
+            ),
+        }
         return ExitCode::SUCCESS;
     }
     let set_log_level = init_tracing(&loaded.settings.log_level);
@@ -144,8 +166,11 @@ fn run(
         server.add_service(sync);
     }
     {
-        let shared = shared.clone();
-        metrics::register_tiers(move || shared.tier_stats());
+        let (rows, details) = (shared.clone(), shared.clone());
+        metrics::register_tiers_with_details(
+            move || rows.tier_stats(),
+            move || details.cache.storage.stats(),
+        );
     }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

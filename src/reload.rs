@@ -1,8 +1,11 @@
 //! SIGHUP: re-read the config file, validate all of it, then swap it in whole. A file
 //! that does not validate changes nothing. Pingora has no SIGHUP handling of its own
-//! (without one, SIGHUP would kill the process).
+//! (without one, SIGHUP would kill the process): `main` calls [`hold_early_sighup`]
+//! first thing, and a SIGHUP that arrives before the reload service listens is
+//! remembered and acted on when the service starts.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,6 +30,42 @@ pub struct Reloader {
     pub server_keys: serde_yaml::Value,
     /// Sets the log filter live; `None` leaves the level as it started.
     pub set_log_level: Option<LogLevelHook>,
+}
+
+/// Set by the early SIGHUP handler; read once by the reload service when it starts.
+static EARLY_SIGHUP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_early_sighup(_signal: libc::c_int) {
+    // Async-signal-safe: one atomic store, nothing else.
+    EARLY_SIGHUP.store(true, Ordering::SeqCst);
+}
+
+/// Replaces SIGHUP's default action (terminate) with a handler that only remembers the
+/// signal, so a SIGHUP during start-up (before the reload service listens) is never
+/// fatal; the service reloads once for it when it starts. Call it first thing in
+/// `main`: the disposition is process-wide and survives Pingora's daemon fork. When
+/// the service registers its own listener, tokio chains to this handler, which then
+/// sets a flag nobody reads any more.
+pub fn hold_early_sighup() -> std::io::Result<()> {
+    // SAFETY: a zeroed `sigaction` is a valid value to fill in; the handler only does
+    // an atomic store (async-signal-safe); the pointers passed are valid for the call.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = note_early_sighup as extern "C" fn(libc::c_int) as usize;
+        // Restart interrupted reads (e.g. of the config file) instead of failing them.
+        action.sa_flags = libc::SA_RESTART;
+        if libc::sigemptyset(&mut action.sa_mask) != 0
+            || libc::sigaction(libc::SIGHUP, &action, std::ptr::null_mut()) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether a SIGHUP arrived before the reload service listened (once: it clears it).
+fn take_early_sighup() -> bool {
+    EARLY_SIGHUP.swap(false, Ordering::SeqCst)
 }
 
 /// Pingora's keys of a loaded config, for comparing on reload.
@@ -170,16 +209,21 @@ impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // Services start once the server runs its listeners, and a view was loaded
         // before any of them: from here on the mirror can serve.
-        self.shared
-            .ready
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.ready.store(true, Ordering::SeqCst);
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
+                // The early handler stays in place: SIGHUP is still not fatal.
                 tracing::error!("cannot listen for SIGHUP, reload is off: {e}");
                 return;
             }
         };
+        // Registered first, then checked: a SIGHUP in between is seen by both, and
+        // reloading twice does no harm, where missing one would.
+        if take_early_sighup() {
+            tracing::info!("SIGHUP arrived while the mirror was starting; reloading now");
+            self.reload();
+        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,

@@ -53,15 +53,34 @@ fn purge(m: &OpsMirror, auth: Option<&str>, body: &str) -> HttpResponse {
     http_request(m.admin, "POST", "/purge", &headers, body.as_bytes()).expect("POST /purge")
 }
 
-/// A mirror with TLS, a token and a fleet of three (so some requests redirect), after
-/// traffic of every kind: hits, misses, redirects, 404s, rejections, TLS handshakes,
-/// reloads that worked and failed, and a purge.
+/// A disk tier for `OpsSpec::cache_extra`, its directory holding what a restart scan
+/// has to deal with: one shm-cached file it adopts and one cut short that it deletes.
+/// Returns the lines and the adopted file's request path.
+fn disk_tier_with_leftovers(w: &World) -> (String, String) {
+    let dir = w.work.path().join("cache");
+    let (adopted, cut) = (test_hash(700), test_hash(701));
+    for (hash, bytes) in [
+        (&adopted, whole_jpeg(20_000, 700)),
+        (&cut, whole_jpeg(20_000, 701)[..15_000].to_vec()),
+    ] {
+        let path = cache_path(&dir, "_images", hash);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, bytes).expect("leftover file");
+    }
+    let lines = format!("    dir: \"{}\"\n    disk_bytes: 64M\n", path_str(&dir));
+    (lines, format!("/_images/{adopted}/700.jpg"))
+}
+
+/// A mirror with TLS, a token, a disk tier and a fleet of three (so some requests
+/// redirect), after traffic of every kind: hits, misses, redirects, 404s, rejections,
+/// TLS handshakes, reloads that worked and failed, a purge, and a disk index rebuilt.
 fn busy_mirror(w: &World) -> OpsMirror {
     let cert = make_cert(w.work.path(), "a", &["a.test"]);
     let tls_port = free_port();
     let mut spec = OpsSpec::new(w.origin.addr);
     spec.image_ilink = "http://m-{a=1,b=1,c=1}.test/_images/$hash/$id.$ext".into();
     spec.admin_extra = token_file(w.work.path(), TOKEN);
+    spec.cache_extra = disk_tier_with_leftovers(w).0;
     spec.shimmer_extra = format!(
         "  tls:\n    listen: [\"127.0.0.1:{tls_port}\"]\n    certs: [{{cert: \"{}\", key: \"{}\"}}]\n",
         path_str(&cert.cert),
@@ -110,7 +129,15 @@ fn busy_mirror(w: &World) -> OpsMirror {
         purge(&m, Some(&bearer), &format!("[\"{hash}\"]")).status,
         200
     );
+    wait_for_disk_rebuild(&m);
     m
+}
+
+/// Waits until the disk tier's restart scan is done (the first lookup starts it).
+fn wait_for_disk_rebuild(m: &OpsMirror) {
+    wait_until("the disk index rebuild", || {
+        (m.metric("shimmer_cache_rebuild_done", &[("tier", "disk")]) == 1.0).then_some(())
+    });
 }
 
 #[test]
@@ -132,6 +159,14 @@ fn metrics_pass_promtool_check_metrics() {
         "shimmer_origin_response_seconds_bucket",
         "shimmer_tls_handshakes_total",
         "shimmer_cache_bytes",
+        // The disk tier's own numbers (busy_mirror has one).
+        "shimmer_cache_write_errors_total{tier=\"disk\"}",
+        "shimmer_cache_read_errors_total{tier=\"disk\"}",
+        "shimmer_cache_corrupt_removed_total{tier=\"disk\"}",
+        "shimmer_cache_adopted_total{tier=\"disk\"}",
+        "shimmer_cache_rebuild_scanned_total{tier=\"disk\"}",
+        "shimmer_cache_rebuild_done{tier=\"disk\"}",
+        "shimmer_cache_promotions_total",
     ] {
         assert!(text.contains(want), "{want} missing");
     }
@@ -309,6 +344,55 @@ fn promtool() -> &'static str {
         "promtool is missing: `make deps` installs it (apt-get install prometheus)"
     );
     p
+}
+
+#[test]
+fn the_disk_tier_counters_are_in_a_live_scrape() {
+    let w = world();
+    let mut spec = OpsSpec::new(w.origin.addr);
+    let (lines, adopted) = disk_tier_with_leftovers(&w);
+    spec.cache_extra = lines;
+    let m = OpsMirror::start(w.work.path(), &spec);
+    // An adopted shm-cached file is a disk hit (and is offered to the memory tier).
+    let r = m.get(&adopted);
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("HIT")));
+    assert_eq!(origin_requests(&w.origin), 0);
+    wait_for_disk_rebuild(&m);
+    let scrape = m.scrape();
+    let disk = |name: &str| {
+        metric_value(&scrape, name, &[("tier", "disk")])
+            .unwrap_or_else(|| panic!("no {name}{{tier=\"disk\"}} in:\n{scrape}"))
+    };
+    assert_eq!(disk("shimmer_cache_adopted_total"), 1.0);
+    assert_eq!(disk("shimmer_cache_corrupt_removed_total"), 1.0);
+    assert_eq!(disk("shimmer_cache_rebuild_scanned_total"), 2.0);
+    assert_eq!(disk("shimmer_cache_rebuild_done"), 1.0);
+    assert!(disk("shimmer_cache_rebuild_duration_seconds") >= 0.0);
+    assert_eq!(disk("shimmer_cache_write_errors_total"), 0.0);
+    assert_eq!(disk("shimmer_cache_read_errors_total"), 0.0);
+    assert_eq!(disk("shimmer_cache_writable"), 1.0);
+    assert_eq!(disk("shimmer_cache_reserved_bytes"), 0.0);
+    let plain = |name: &str| {
+        metric_value(&scrape, name, &[]).unwrap_or_else(|| panic!("no {name} in:\n{scrape}"))
+    };
+    // Counted when the hit's last chunk has been read, which may be just after the
+    // client has every byte.
+    wait_until("the disk hit's promotion", || {
+        (m.metric("shimmer_cache_promotions_total", &[]) >= 1.0).then_some(())
+    });
+    for name in [
+        "shimmer_cache_memory_only_fills_total",
+        "shimmer_cache_disk_dropped_fills_total",
+        "shimmer_cache_aborted_fills_total",
+    ] {
+        assert_eq!(plain(name), 0.0, "{name}");
+    }
+    assert_eq!(
+        scrape
+            .lines()
+            .find(|l| l.starts_with("# TYPE shimmer_cache_write_errors_total ")),
+        Some("# TYPE shimmer_cache_write_errors_total counter")
+    );
 }
 
 #[test]

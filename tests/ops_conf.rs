@@ -106,3 +106,95 @@ fn the_systemd_unit_checks_before_it_starts_or_reloads() {
         );
     }
 }
+
+/// `shimmer -t` on a config text: (exit ok, stdout, stderr).
+fn check(dir: &Path, name: &str, yaml: &str) -> (bool, String, String) {
+    let conf = dir.join(name);
+    std::fs::write(&conf, yaml).expect("write config");
+    let out = Command::new(BIN)
+        .args(["-t", "-c", path_str(&conf)])
+        .output()
+        .expect("run shimmer -t");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Nothing has to listen on the origin for `-t`.
+fn unused_origin() -> std::net::SocketAddr {
+    "127.0.0.1:9".parse().expect("addr")
+}
+
+#[test]
+fn an_unusable_cache_dir_is_a_warning_and_the_check_still_passes() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // Root ignores permission bits: a regular file where a directory should be is
+    // unusable for anyone.
+    let blocker = work.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").expect("blocker file");
+    let dir = blocker.join("cache");
+    let mut spec = OpsSpec::new(unused_origin());
+    spec.cache_extra = format!("    dir: \"{}\"\n    disk_bytes: 1G\n", path_str(&dir));
+    let (ok, out, err) = check(work.path(), "bad-dir.yaml", &spec.yaml(work.path()));
+    // The mirror would start (memory only), so the check passes, but says so.
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("shimmer: warning:")
+            && err.contains("shimmer.cache.dir")
+            && err.contains(path_str(&dir))
+            && err.contains("memory tier only"),
+        "no clear warning on stderr:\n{err}"
+    );
+    assert!(
+        out.contains("config ok") && out.contains("1 warning"),
+        "{out}"
+    );
+
+    // A directory that does not exist yet but can be made: no warning, nothing made.
+    let later = work.path().join("var/cache/shimmer");
+    let mut spec = OpsSpec::new(unused_origin());
+    spec.cache_extra = format!("    dir: \"{}\"\n    disk_bytes: 1G\n", path_str(&later));
+    let (ok, out, err) = check(work.path(), "good-dir.yaml", &spec.yaml(work.path()));
+    assert!(
+        ok && !err.contains("warning") && !out.contains("warning"),
+        "{out}{err}"
+    );
+    assert!(!later.exists(), "-t must not create the cache directory");
+}
+
+/// Pingora gives a second listener on an address the first one's socket, so the two
+/// services would take turns accepting: refused before it can start.
+#[test]
+fn one_address_for_two_listeners_is_refused() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let cert = make_cert(work.path(), "a", &["a.test"]);
+    let spec = OpsSpec::new(unused_origin());
+    let tls_on = |port: u16| {
+        format!(
+            "  tls:\n    listen: [\"127.0.0.1:{port}\"]\n    certs: [{{cert: \"{}\", key: \"{}\"}}]\n",
+            path_str(&cert.cert),
+            path_str(&cert.key)
+        )
+    };
+    for (port, other) in [
+        (spec.admin_port, "shimmer.admin.listen"),
+        (spec.port, "shimmer.listen"),
+    ] {
+        let mut s = OpsSpec::new(unused_origin());
+        s.port = spec.port;
+        s.admin_port = spec.admin_port;
+        s.shimmer_extra = tls_on(port);
+        let (ok, out, err) = check(work.path(), "clash.yaml", &s.yaml(work.path()));
+        assert!(!ok, "accepted a TLS listener on {other}'s address:\n{out}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}")) && err.contains(other),
+            "{err}"
+        );
+    }
+    let mut s = OpsSpec::new(unused_origin());
+    s.shimmer_extra = tls_on(free_port());
+    let (ok, out, err) = check(work.path(), "distinct.yaml", &s.yaml(work.path()));
+    assert!(ok, "{out}{err}");
+}

@@ -274,6 +274,77 @@ fn the_log_level_changes_on_reload() {
     );
 }
 
+/// Opens the FIFO at `path` for writing once the mirror has opened it for reading
+/// (without blocking: the mirror might never get there).
+fn fifo_writer(path: &std::path::Path, proc: &mut Proc) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    wait_until("the mirror reading its config", || {
+        assert!(proc.is_running(), "the mirror exited:\n{}", proc.log_text());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .ok()
+    })
+}
+
+/// SIGHUP's default action is to end the process, and the reload service only listens
+/// once Pingora runs its services. A SIGHUP before that (here: while the mirror reads
+/// its config, held up by a FIFO) must not kill it, and is not lost: the mirror
+/// starts, serves, and reloads for it once it can.
+#[test]
+fn a_sighup_while_starting_is_not_fatal_and_is_acted_on() {
+    let w = world();
+    let spec = OpsSpec::new(w.origin.addr);
+    let yaml = spec.yaml(w.work.path());
+    let conf = w.work.path().join("fifo.yaml");
+    let c = std::ffi::CString::new(path_str(&conf)).expect("path");
+    // SAFETY: mkfifo(3) with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let mut proc = Proc::spawn(&["-c", path_str(&conf)], w.work.path().join("fifo.log"));
+    // The mirror is in main, reading its config: long before the reload service.
+    let mut fifo = fifo_writer(&conf, &mut proc);
+    proc.signal(libc::SIGHUP);
+    if let Err(e) = fifo.write_all(yaml.as_bytes()) {
+        // EPIPE: the reader is gone.
+        proc.wait_exit(Duration::from_secs(10));
+        panic!(
+            "could not hand the config over ({e}); the mirror is {}:\n{}",
+            if proc.is_running() { "running" } else { "gone" },
+            proc.log_text()
+        );
+    }
+    drop(fifo);
+    let addr: SocketAddr = format!("127.0.0.1:{}", spec.port).parse().expect("addr");
+    let admin: SocketAddr = format!("127.0.0.1:{}", spec.admin_port)
+        .parse()
+        .expect("addr");
+    wait_for_port(&mut proc, addr, "mirror");
+    wait_for_port(&mut proc, admin, "mirror admin");
+
+    // The reload it owes reads the file again: the FIFO gets the same config once more.
+    let mut fifo = fifo_writer(&conf, &mut proc);
+    fifo.write_all(yaml.as_bytes()).expect("config again");
+    drop(fifo);
+    let reloads = || {
+        let text = http_get(admin, "/metrics").expect("scrape").text();
+        metric_value(&text, "shimmer_config_reloads_total", &[("result", "ok")])
+    };
+    wait_until("the reload for the early SIGHUP", || {
+        (reloads() == Some(1.0)).then_some(())
+    });
+    assert!(
+        proc.log_text()
+            .contains("SIGHUP arrived while the mirror was starting"),
+        "{}",
+        proc.log_text()
+    );
+    let path = image(&w.data, 600);
+    let r = http_get(addr, &path).expect("GET after the early SIGHUP");
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
+    assert!(proc.is_running());
+}
+
 /// Pingora's graceful upgrade: a new process started with `-u` waits on the upgrade
 /// socket, SIGQUIT makes the old one hand over its listening sockets and leave. A
 /// client looping on fresh connections all along never sees a refused connection.

@@ -144,6 +144,44 @@ fn h2_can_be_turned_off() {
     assert_eq!(r.status, 200);
 }
 
+/// The cause of this file's old flake (`h2_can_be_turned_off` failing now and then with
+/// "TLS handshake: unexpected EOF"): `free_port` let the OS pick a port and released
+/// it, so the OS could hand the same port out again, to a parallel test or to the
+/// same config's next listener. A TLS listener on its own admin port shares the admin
+/// listener's socket (Pingora takes a bound address's socket from one table) and the
+/// handshakes the admin API accepted were cut short. Now a port is never handed out
+/// twice, the config check refuses one address for two listeners, and `OpsMirror`
+/// waits for a completed handshake with the configured certificate.
+#[test]
+fn the_harness_never_hands_out_a_port_twice() {
+    // Far more ports than the whole suite asks for: with ports merely free at the time,
+    // some of these would repeat (about 14,000 to pick from).
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3000 {
+        let p = free_port();
+        assert!(seen.insert(p), "free_port handed out {p} twice");
+    }
+}
+
+#[test]
+fn the_harness_waits_for_the_tls_listener_by_its_certificate() {
+    let w = world();
+    let a = make_cert(w.work.path(), "a", &["a.test"]);
+    let tls_port = free_port();
+    let mut spec = OpsSpec::new(w.origin.addr);
+    spec.shimmer_extra = tls_yaml(tls_port, &[&a], "");
+    let conf = spec.yaml(w.work.path());
+    let tls: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
+    assert_eq!(tls_listeners(&conf), (vec![tls], Some(a.der.clone())));
+    // OpsMirror::start returns once a handshake there has shown that certificate.
+    let m = OpsMirror::start(w.work.path(), &spec);
+    wait_until("the harness's handshake counted", || {
+        (m.metric("shimmer_tls_handshakes_total", &[("stage", "completed")]) >= 1.0).then_some(())
+    });
+    let s = tls_connect(tls, None, None).expect("TLS handshake");
+    assert!(peer_der(&s) == a.der);
+}
+
 #[test]
 fn certificates_rotate_on_sighup_and_open_connections_keep_working() {
     let w = world();

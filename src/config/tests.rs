@@ -274,3 +274,62 @@ fn zero_sync_interval_is_refused() {
     let e = error_of(&format!("{GOOD}  sync:\n    interval: 0s\n"));
     assert!(e.contains("shimmer.sync.interval"), "{e}");
 }
+
+#[test]
+fn one_address_for_two_listeners_is_refused() {
+    // The admin listener defaults to 127.0.0.1:9090.
+    let e = error_of(&broken(
+        "listen: [\"127.0.0.1:8080\"]",
+        "listen: [\"127.0.0.1:9090\"]",
+    ));
+    assert!(
+        e.contains("shimmer.admin.listen")
+            && e.contains("127.0.0.1:9090 is also in shimmer.listen"),
+        "{e}"
+    );
+    let e = error_of(&broken(
+        "listen: [\"127.0.0.1:8080\"]",
+        "listen: [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]",
+    ));
+    assert!(e.contains("shimmer.listen"), "{e}");
+    // A wildcard address takes its port on every address.
+    let e = error_of(&broken(
+        "listen: [\"127.0.0.1:8080\"]",
+        "listen: [\"0.0.0.0:9090\"]",
+    ));
+    assert!(
+        e.contains("shimmer.admin.listen") && e.contains("overlaps 0.0.0.0:9090"),
+        "{e}"
+    );
+    // Other ports, or other addresses on one port, are fine.
+    assert!(parse_str(&broken(
+        "listen: [\"127.0.0.1:8080\"]",
+        "listen: [\"127.0.0.1:8080\", \"127.0.0.2:9090\", \"0.0.0.0:8081\"]",
+    ))
+    .is_ok());
+}
+
+#[test]
+fn an_unusable_cache_dir_is_a_warning() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let blocker = work.path().join("a-file");
+    std::fs::write(&blocker, b"x").expect("blocker");
+    let with_dir = |dir: &Path| {
+        let text = format!(
+            "{GOOD}  cache:\n    dir: {}\n    disk_bytes: 1G\n",
+            dir.display()
+        );
+        warnings(Path::new("test.yaml"), &parse_str(&text).unwrap().settings)
+    };
+    let w = with_dir(&blocker.join("cache"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("test.yaml: shimmer.cache.dir: ") && w[0].contains("memory tier only"),
+        "{w:?}"
+    );
+    // Not there yet but creatable: no warning, and nothing created.
+    let later = work.path().join("not/yet");
+    assert!(with_dir(&later).is_empty());
+    assert!(!later.exists());
+    assert!(warnings(Path::new("test.yaml"), &parse_str(GOOD).unwrap().settings).is_empty());
+}

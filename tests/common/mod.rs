@@ -9,15 +9,46 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shimmer");
 
-/// A port nobody listens on right now (the OS picks it).
+/// A port nobody listens on right now (the OS picks it), and never one this test
+/// process handed out before. The port is free again as soon as this returns, so the
+/// OS can pick it again for the next caller; the tests of one binary run in parallel,
+/// and two of them (or one config's plain, TLS and admin listeners) getting the same
+/// port is what made `ops_tls::h2_can_be_turned_off` flaky: a TLS listener on the
+/// admin listener's port shared its socket, and handshakes the admin API accepted
+/// ended in "unexpected EOF".
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts on `addr`, or panics with the process's log (at once
-/// when the process has exited).
+/// when the process has exited, or has logged that another process holds `addr`).
 pub fn wait_for_port(proc: &mut Proc, addr: SocketAddr, what: &str) {
+    wait_for_listener(proc, addr, what, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
+}
+
+/// Waits until a TLS handshake on `addr` completes (with the certificate `der` when
+/// given, so the listener is known to be this process's): a listening socket alone
+/// does not say the TLS acceptor behind it is the one the test configured.
+pub fn wait_for_tls(proc: &mut Proc, addr: SocketAddr, der: Option<&[u8]>, what: &str) {
+    wait_for_listener(proc, addr, what, || {
+        tls_connect(addr, None, None).is_ok_and(|s| der.is_none_or(|d| peer_der(&s) == d))
+    })
+}
+
+fn wait_for_listener(proc: &mut Proc, addr: SocketAddr, what: &str, up: impl Fn() -> bool) {
     let log = proc.log.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -27,7 +58,13 @@ pub fn wait_for_port(proc: &mut Proc, addr: SocketAddr, what: &str) {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        // Pingora retries a bind that finds the address taken; meanwhile whatever holds
+        // it would answer this test.
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&format!("{addr} is in use")) {
+            panic!("{what}: another process holds {addr}; its log:\n{text}");
+        }
+        if up() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -439,6 +476,11 @@ impl OpsMirror {
         let mut proc = spawn(&["-c", path_str(&conf)], log);
         wait_for_port(&mut proc, addr, "mirror");
         wait_for_port(&mut proc, admin, "mirror admin");
+        // And every TLS listener, by a handshake that presents the default certificate.
+        let (tls, der) = tls_listeners(&std::fs::read_to_string(&conf).expect("read config"));
+        for a in tls {
+            wait_for_tls(&mut proc, a, der.as_deref(), "mirror TLS listener");
+        }
         OpsMirror {
             proc,
             addr,
@@ -478,6 +520,23 @@ impl OpsMirror {
     pub fn get(&self, path: &str) -> HttpResponse {
         http_get(self.addr, path).expect("GET from the mirror")
     }
+}
+
+/// The TLS listeners a config names (`shimmer.tls.listen`), and the DER of its first
+/// (default) certificate when the file can be read.
+pub fn tls_listeners(yaml: &str) -> (Vec<SocketAddr>, Option<Vec<u8>>) {
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).expect("config is YAML");
+    let tls = &v["shimmer"]["tls"];
+    let addrs = tls["listen"]
+        .as_sequence()
+        .map(|l| l.iter().filter_map(|a| a.as_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let der = tls["certs"][0]["cert"]
+        .as_str()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|pem| pingora::tls::x509::X509::from_pem(&pem).ok())
+        .and_then(|c| c.to_der().ok());
+    (addrs, der)
 }
 
 /// The value of the sample `name{labels...}` in a Prometheus text exposition: the
