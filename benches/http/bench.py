@@ -82,9 +82,9 @@ def pinned(cmd, cpus):
     return (["taskset", "-c", cpus] + cmd) if cpus else cmd
 
 
-def session_cpu_seconds(sid):
-    """user+system CPU seconds of every live process in session `sid`."""
-    total = 0
+def session_processes(sid):
+    """(pid, /proc stat fields after the command) of every live process in session `sid`.
+    Fields: state(0) ppid(1) pgrp(2) session(3) ... utime(11) stime(12)."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -92,25 +92,23 @@ def session_cpu_seconds(sid):
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()
         except OSError:
-            continue
+            continue  # gone meanwhile
         fields = stat[stat.rfind(")") + 2 :].split()
-        # After the command: state(0) ppid(1) pgrp(2) session(3) ... utime(11) stime(12)
         if int(fields[3]) == sid:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+            yield pid, fields
+
+
+def session_cpu_seconds(sid):
+    """user+system CPU seconds of every live process in session `sid`."""
+    ticks = sum(int(f[11]) + int(f[12]) for _, f in session_processes(sid))
+    return ticks / CLK_TCK
 
 
 def session_rss_bytes(sid):
     """Resident memory of every live process in session `sid`."""
     total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid, _ in session_processes(sid):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-            if int(stat[stat.rfind(")") + 2 :].split()[3]) != sid:
-                continue
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
