@@ -57,8 +57,10 @@ bench-deps: deps
 # Benchmarks report, they never fail on a number. The fleet simulation (no network),
 # then shimmer, nginx and Varnish in turn in front of one origin: tables on stdout,
 # JSON in target/bench/. See README.md, Performance.
+# The fleet simulation runs under `cargo test --release` rather than `cargo bench`: the
+# bench profile would compile every dependency a second time (~10 min on 2 cores).
 bench: bench-deps build
-	$(CARGO) bench --locked --bench fleet_sim
+	$(CARGO) test --release --locked --bench fleet_sim
 	python3 benches/http/bench.py
 
 lint:

@@ -21,6 +21,7 @@
 
 mod fill;
 mod hit;
+mod meta;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +33,6 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use once_cell::sync::Lazy;
 use parking_lot::{Mutex, RwLock};
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::streaming_write::U64WriteId;
@@ -40,11 +40,12 @@ use pingora_cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget,
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
 use tinyufo::TinyUfo;
 
 use fill::{Fill, MemoryMissHandler};
 use hit::CompleteHit;
+pub use meta::FreshObject;
+use meta::SerializedMeta;
 
 /// Bytes charged per object on top of body and metadata: a fixed estimate of our
 /// bookkeeping (ledger entry, TinyUFO bucket and queue slot, `Arc`s, key).
@@ -116,77 +117,6 @@ pub(crate) struct Slot {
 pub(crate) struct Object {
     meta: Arc<SerializedMeta>,
     body: Bytes,
-}
-
-/// An object's meta, serialized (the form the disk tier stores and the purge/update paths
-/// rewrite) and decoded. The decoded copy is what a hit clones: deserializing on every
-/// hit meant a zstd decompression of the headers per request, ~7% of a 20 KB hit's CPU
-/// (perf, `make bench` hot20k).
-pub(crate) struct SerializedMeta {
-    internal: Vec<u8>,
-    header: Vec<u8>,
-    decoded_header: ResponseHeader,
-    decoded_bytes: usize,
-    /// What the fast path needs of the internal meta, without decoding it.
-    fresh_until: SystemTime,
-    epoch: SystemTime,
-}
-
-/// A completed, fresh object in the memory tier, for the proxy's fast path: what a plain
-/// GET hit needs to be answered without pingora-cache's state machine.
-pub struct FreshObject {
-    /// The stored response header (a copy).
-    pub header: ResponseHeader,
-    /// Seconds since the object was admitted or revalidated (the `Age` header).
-    pub age_secs: u64,
-    pub body: Bytes,
-}
-
-/// The serialized form of an empty response header. A hit rebuilds its `CacheMeta` from
-/// the (cheap, msgpack) internal part and this, then puts the decoded header in: the
-/// zstd frame of an empty header costs next to nothing to decode. `CacheMeta` is not
-/// `Clone`, hence the detour. `None` (serialization failing) falls back to decoding all.
-static EMPTY_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
-    let header = ResponseHeader::build(200, Some(0)).ok()?;
-    let now = SystemTime::now();
-    let (_, serialized) = CacheMeta::new(now, now, 0, 0, header).serialize().ok()?;
-    Some(serialized)
-});
-
-impl SerializedMeta {
-    fn from_meta(meta: &CacheMeta) -> Result<Self> {
-        let (internal, header) = meta.serialize()?;
-        // What the decoded header map holds, plus a small per-header allowance for its
-        // bookkeeping: charged like the rest, so the budget stays honest.
-        let decoded_bytes = meta
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        Ok(Self {
-            internal,
-            header,
-            decoded_header: meta.response_header_copy(),
-            decoded_bytes,
-            fresh_until: meta.fresh_until(),
-            epoch: meta.epoch(),
-        })
-    }
-
-    fn to_meta(&self) -> Result<CacheMeta> {
-        match EMPTY_HEADER.as_deref() {
-            Some(empty) => {
-                let mut meta = CacheMeta::deserialize(&self.internal, empty)?;
-                *meta.response_header_mut() = self.decoded_header.clone();
-                Ok(meta)
-            }
-            None => CacheMeta::deserialize(&self.internal, &self.header),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.internal.len() + self.header.len() + self.decoded_bytes
-    }
 }
 
 /// The bytes charged against the budget for one object.
