@@ -9,7 +9,7 @@
 //!   `lookup` so that readers released by the cache lock stream the body while it arrives.
 //!   A fill that dies before `finish()` makes its readers fail, never end cleanly (#932).
 //!
-//! Byte accounting: every resident object is charged `body + serialized meta +
+//! Byte accounting: every resident object is charged `body + stored meta (internal part + decoded header) +
 //! ENTRY_OVERHEAD` bytes. Our own ledger (behind one mutex that also serializes every TinyUFO
 //! `put`) records each resident entry and is updated from what `put` returns, so
 //! `stats().bytes` is exactly the sum of what is resident and never exceeds the budget.
@@ -45,7 +45,7 @@ use tinyufo::TinyUfo;
 use fill::{Fill, MemoryMissHandler};
 use hit::CompleteHit;
 pub use meta::FreshObject;
-use meta::SerializedMeta;
+use meta::StoredMeta;
 
 /// Bytes charged per object on top of body and metadata: a fixed estimate of our
 /// bookkeeping (ledger entry, TinyUFO bucket and queue slot, `Arc`s, key).
@@ -115,12 +115,12 @@ pub(crate) struct Slot {
 
 /// A completed object.
 pub(crate) struct Object {
-    meta: Arc<SerializedMeta>,
+    meta: Arc<StoredMeta>,
     body: Bytes,
 }
 
 /// The bytes charged against the budget for one object.
-fn charge(body_len: usize, meta: &SerializedMeta) -> usize {
+fn charge(body_len: usize, meta: &StoredMeta) -> usize {
     body_len
         .saturating_add(meta.len())
         .saturating_add(ENTRY_OVERHEAD)
@@ -358,7 +358,7 @@ impl MemoryStorage {
     }
 
     /// Replace the meta of a resident object, keeping its body. Caller holds the ledger.
-    fn replace_meta(&self, ledger: &mut Ledger, hash: &HashBinary, meta: SerializedMeta) -> bool {
+    fn replace_meta(&self, ledger: &mut Ledger, hash: &HashBinary, meta: StoredMeta) -> bool {
         let Some(body) = self
             .live_slot(hash)
             .and_then(|s| Some(s.object.as_ref()?.body.clone()))
@@ -490,7 +490,7 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let hash = key.combined_bin();
-        let serialized = Arc::new(SerializedMeta::from_meta(meta)?);
+        let serialized = Arc::new(StoredMeta::from_meta(meta)?);
         let fill = Arc::new(Fill::new(self, hash, self.next_id(), serialized));
         self.fills
             .write()
@@ -528,7 +528,7 @@ impl Storage for MemoryStorage {
         };
         let mut meta = object.to_meta()?;
         meta.expire_at(SystemTime::now());
-        let meta = SerializedMeta::from_meta(&meta)?;
+        let meta = StoredMeta::from_meta(&meta)?;
         if self.replace_meta(&mut ledger, &hash, meta) {
             Ok(PurgeOutcome::Expired)
         } else {
@@ -545,7 +545,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let meta = SerializedMeta::from_meta(meta)?;
+        let meta = StoredMeta::from_meta(meta)?;
         let mut ledger = self.ledger.lock();
         Ok(self.replace_meta(&mut ledger, &key.combined_bin(), meta))
     }

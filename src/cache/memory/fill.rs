@@ -21,7 +21,7 @@ use pingora_cache::{CacheKey, CacheMeta, Storage};
 use pingora_error::Result;
 use tokio::sync::watch;
 
-use super::{MemoryError, MemoryStorage, SerializedMeta};
+use super::{MemoryError, MemoryStorage, StoredMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Status {
@@ -59,7 +59,7 @@ impl FillState {
 pub(super) struct Fill {
     pub(super) key: HashBinary,
     pub(super) id: u64,
-    pub(super) meta: Arc<SerializedMeta>,
+    pub(super) meta: Arc<StoredMeta>,
     /// Set by a purge: the fill is neither stored nor offered to new readers.
     pub(super) purged: AtomicBool,
     state: watch::Sender<FillState>,
@@ -71,7 +71,7 @@ impl Fill {
         storage: &'static MemoryStorage,
         key: HashBinary,
         id: u64,
-        meta: Arc<SerializedMeta>,
+        meta: Arc<StoredMeta>,
     ) -> Self {
         Self {
             key,

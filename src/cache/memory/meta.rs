@@ -1,21 +1,19 @@
-//! An object's meta as the memory tier keeps it: serialized for the budget and the disk
-//! tier, decoded for hits.
+//! An object's meta as the memory tier keeps it: the internal part serialized (small
+//! msgpack), the response header decoded, so a hit never decodes the header.
 
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use once_cell::sync::Lazy;
 use pingora_cache::CacheMeta;
-use pingora_error::Result;
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
-/// An object's meta, serialized (the form the disk tier stores and the purge/update paths
-/// rewrite) and decoded. The decoded copy is what a hit clones: deserializing on every
-/// hit meant a zstd decompression of the headers per request, ~7% of a 20 KB hit's CPU
-/// (perf, `make bench` hot20k).
-pub(crate) struct SerializedMeta {
+/// An object's meta: the internal part serialized, the header decoded. Keeping the header
+/// serialized meant a zstd decompression per hit, ~7% of a 20 KB hit's CPU (perf,
+/// `make bench` hot20k); keeping it in both forms would charge the budget twice.
+pub(crate) struct StoredMeta {
     internal: Vec<u8>,
-    header: Vec<u8>,
     pub(super) decoded_header: ResponseHeader,
     decoded_bytes: usize,
     /// What the fast path needs of the internal meta, without decoding it.
@@ -36,7 +34,8 @@ pub struct FreshObject {
 /// The serialized form of an empty response header. A hit rebuilds its `CacheMeta` from
 /// the (cheap, msgpack) internal part and this, then puts the decoded header in: the
 /// zstd frame of an empty header costs next to nothing to decode. `CacheMeta` is not
-/// `Clone`, hence the detour. `None` (serialization failing) falls back to decoding all.
+/// `Clone`, hence the detour. `None` only if header serialization fails, and then no
+/// object could have been stored in the first place (`from_meta` serializes too).
 static EMPTY_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
     let header = ResponseHeader::build(200, Some(0)).ok()?;
     let now = SystemTime::now();
@@ -44,9 +43,9 @@ static EMPTY_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
     Some(serialized)
 });
 
-impl SerializedMeta {
+impl StoredMeta {
     pub(super) fn from_meta(meta: &CacheMeta) -> Result<Self> {
-        let (internal, header) = meta.serialize()?;
+        let (internal, _header) = meta.serialize()?;
         // What the decoded header map holds, plus a small per-header allowance for its
         // bookkeeping: charged like the rest, so the budget stays honest.
         let decoded_bytes = meta
@@ -56,7 +55,6 @@ impl SerializedMeta {
             .sum();
         Ok(Self {
             internal,
-            header,
             decoded_header: meta.response_header_copy(),
             decoded_bytes,
             fresh_until: meta.fresh_until(),
@@ -65,17 +63,18 @@ impl SerializedMeta {
     }
 
     pub(super) fn to_meta(&self) -> Result<CacheMeta> {
-        match EMPTY_HEADER.as_deref() {
-            Some(empty) => {
-                let mut meta = CacheMeta::deserialize(&self.internal, empty)?;
-                *meta.response_header_mut() = self.decoded_header.clone();
-                Ok(meta)
-            }
-            None => CacheMeta::deserialize(&self.internal, &self.header),
-        }
+        let empty = EMPTY_HEADER.as_deref().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "cache header serialization unavailable",
+            )
+        })?;
+        let mut meta = CacheMeta::deserialize(&self.internal, empty)?;
+        *meta.response_header_mut() = self.decoded_header.clone();
+        Ok(meta)
     }
 
     pub(super) fn len(&self) -> usize {
-        self.internal.len() + self.header.len() + self.decoded_bytes
+        self.internal.len() + self.decoded_bytes
     }
 }
