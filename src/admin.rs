@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::fleet::Silo;
 use crate::metrics;
+use crate::object::Md5;
 use crate::state::Shared;
 
 /// Purge bodies larger than this are refused: 1 MiB is ~30,000 hashes.
@@ -190,11 +191,11 @@ impl AdminApp {
         };
         let mut purged = Vec::new();
         let mut absent = Vec::new();
-        for h in &hashes {
+        for h in hashes {
             if self.shared.purge_hash(h) {
-                purged.push(h.as_str());
+                purged.push(h.to_string());
             } else {
-                absent.push(h.as_str());
+                absent.push(h.to_string());
             }
             metrics::PURGES.with_label_values(&["admin"]).inc();
         }
@@ -212,7 +213,7 @@ impl AdminApp {
 
 /// `{"hashes": [...]}`, a JSON array, or one hash per line. Every hash must be 32
 /// lowercase hex digits; one bad hash refuses the whole request, so nothing is half done.
-fn parse_hashes(body: &[u8]) -> Result<Vec<String>, String> {
+fn parse_hashes(body: &[u8]) -> Result<Vec<Md5>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
     let trimmed = text.trim_start();
     let list: Vec<String> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
@@ -243,13 +244,9 @@ fn parse_hashes(body: &[u8]) -> Result<Vec<String>, String> {
     if list.is_empty() {
         return Err("no hashes given".into());
     }
-    if let Some(bad) = list
-        .iter()
-        .find(|h| h.len() != 32 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-    {
-        return Err(format!("{bad:?} is not a 32-digit lowercase hex md5"));
-    }
-    Ok(list)
+    list.iter()
+        .map(|h| Md5::parse(h).map_err(|_| format!("{h:?} is not a 32-digit lowercase hex md5")))
+        .collect()
 }
 
 /// Compares secrets without leaking the position of the first difference.
@@ -268,7 +265,7 @@ mod tests {
 
     #[test]
     fn purge_bodies_in_three_shapes_parse() {
-        let want = vec![H.to_owned()];
+        let want = vec![Md5::parse(H).unwrap()];
         assert_eq!(
             parse_hashes(format!("{{\"hashes\":[\"{H}\"]}}").as_bytes()).unwrap(),
             want

@@ -8,6 +8,7 @@ pub mod config;
 pub mod fleet;
 pub mod media_type;
 pub mod metrics;
+pub mod object;
 pub mod origin;
 pub mod owners;
 pub mod proxy;

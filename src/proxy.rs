@@ -115,7 +115,7 @@ impl ProxyHttp for Mirror {
                 return Ok(true);
             }
         };
-        if self.shared.bans.contains(&media.hash) {
+        if self.shared.bans.contains(media.hash) {
             ctx.outcome = Outcome::Banned;
             ctx.media = Some(media);
             let reject = Reject {
@@ -126,13 +126,14 @@ impl ProxyHttp for Mirror {
             return Ok(true);
         }
         let fleet = self.shared.fleet.load();
-        let owners = fleet.owners(media.silo, &media.hash);
+        let hex = media.hash.hex();
+        let owners = fleet.owners(media.silo, &hex);
         let node = ctx.settings.node.as_str();
         // A request another mirror already redirected is served whatever our view
         // says: two mirrors that briefly disagree must not bounce a client forever.
         if !media.hopped && !owners.is_owner(node) {
             if let Some(primary) = owners.primary() {
-                let url = fleet.node_url(media.silo, primary, &media.hash, &media.rest);
+                let url = fleet.node_url(media.silo, primary, &hex, &media.rest);
                 let location = with_hop_marker(&url, node);
                 ctx.outcome = Outcome::Redirect;
                 ctx.media = Some(media);
@@ -183,7 +184,7 @@ impl ProxyHttp for Mirror {
                 "cache key without a media request",
             )
         })?;
-        Ok(CacheKey::new(media.cache_key(), ""))
+        Ok(media.object().cache_key())
     }
 
     async fn upstream_peer(

@@ -3,7 +3,7 @@
 //! The path is checked here once, strictly, so nothing downstream ever sees a hash that
 //! is not 32 lowercase hex digits or a name that could climb out of its directory.
 
-use crate::fleet::Silo;
+use crate::object::{Md5, Md5Error, ObjectRef, Silo};
 
 /// The query parameter a redirecting mirror adds so the owner never redirects again.
 pub const HOP_PARAM: &str = "shimmer_hop";
@@ -12,8 +12,8 @@ pub const HOP_PARAM: &str = "shimmer_hop";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaRequest {
     pub silo: Silo,
-    /// 32 lowercase hex digits.
-    pub hash: String,
+    /// Parsed once here from 32 lowercase hex digits.
+    pub hash: Md5,
     /// What followed the hash in the path, as sent (still percent-encoded): empty, or
     /// starting with `/` or `.` (Shimmie's rule is `/<silo>/<hash><anything>`).
     pub rest: String,
@@ -35,12 +35,12 @@ const fn reject(status: u16, reason: &'static str) -> Reject {
 impl MediaRequest {
     /// The path to ask the origin for: `/<silo>/<hash><rest>`, no query.
     pub fn origin_path(&self) -> String {
-        format!("/{}/{}{}", self.silo.as_str(), self.hash, self.rest)
+        format!("/{}/{}{}", self.silo.as_str(), &*self.hash.hex(), self.rest)
     }
 
-    /// `<silo>/<hash>`: the cache key (content addressed: name and query do not matter).
-    pub fn cache_key(&self) -> String {
-        format!("{}/{}", self.silo.as_str(), self.hash)
+    /// What is cached: content addressed, so neither the name nor the query matter.
+    pub fn object(&self) -> ObjectRef {
+        ObjectRef::new(self.silo, self.hash)
     }
 }
 
@@ -69,16 +69,10 @@ pub fn parse(
     let hash = tail
         .get(..32)
         .ok_or(reject(400, "hash must be 32 hex digits"))?;
-    if let Some(b) = hash
-        .bytes()
-        .find(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return Err(if b.is_ascii_hexdigit() {
-            reject(400, "hash must be lowercase hex")
-        } else {
-            reject(400, "hash must be 32 hex digits")
-        });
-    }
+    let hash = Md5::parse(hash).map_err(|e| match e {
+        Md5Error::Uppercase => reject(400, "hash must be lowercase hex"),
+        Md5Error::NotHex => reject(400, "hash must be 32 hex digits"),
+    })?;
     let rest = &tail[32..];
     if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('.')) {
         return Err(reject(400, "hash must be 32 hex digits"));
@@ -90,7 +84,7 @@ pub fn parse(
     });
     Ok(MediaRequest {
         silo,
-        hash: hash.to_owned(),
+        hash,
         rest: rest.to_owned(),
         hopped,
     })
@@ -162,11 +156,11 @@ mod tests {
         let p = format!("/_images/{H}/5424912%20-%20Bocchi_the_Rock%21.jpg");
         let r = get(&p).unwrap();
         assert_eq!(r.silo, Silo::Images);
-        assert_eq!(r.hash, H);
+        assert_eq!(&*r.hash.hex(), H);
         assert_eq!(r.rest, "/5424912%20-%20Bocchi_the_Rock%21.jpg");
         assert!(!r.hopped);
         assert_eq!(r.origin_path(), p);
-        assert_eq!(r.cache_key(), format!("_images/{H}"));
+        assert_eq!(r.object(), ObjectRef::new(Silo::Images, r.hash));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
 use crate::fleet::{FleetView, Silo};
 use crate::metrics;
+use crate::object::Md5;
 use crate::shimmie::Bans;
 use crate::sync::{SyncService, SyncTarget};
 use crate::tls::CertStore;
@@ -29,7 +30,7 @@ pub struct CacheParts {
     /// The disk tier, when `shimmer.cache.dir` is set (also inside `storage`).
     pub disk: Option<&'static DiskStorage>,
     /// What the proxy enables: the memory tier over the disk tier. Purge through it
-    /// (`purge_hash`, `purge_hash_now`) to reach every tier.
+    /// (`purge_hash`) to reach every tier.
     pub storage: TieredStorage,
     pub lock: Box<CacheKeyLockImpl>,
     /// Remembers keys that turned out uncacheable (too large, origin said no), so
@@ -127,15 +128,9 @@ impl Shared {
 
     /// Removes an image from every cache tier, both silos. Returns whether any tier
     /// held it.
-    pub fn purge_hash(&self, hash: &str) -> bool {
+    pub fn purge_hash(&self, hash: Md5) -> bool {
         // Through the tiered store, so the disk tier's file is unlinked too.
-        match self.cache.storage.purge_hash_now(hash) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!("purge of {hash:?} refused: {e}");
-                false
-            }
-        }
+        self.cache.storage.purge_hash(hash)
     }
 
     /// The cache tiers' numbers, for `/status` and `/metrics`.
@@ -184,7 +179,7 @@ impl SyncTarget for Shared {
         &self.bans
     }
 
-    async fn purge(&self, hash: &str) {
+    async fn purge(&self, hash: Md5) {
         metrics::PURGES.with_label_values(&["ban"]).inc();
         self.purge_hash(hash);
     }

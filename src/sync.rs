@@ -25,8 +25,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::fleet::{Algorithm, FleetError, FleetSpec, FleetView, Silo};
+use crate::object::Md5;
 use crate::shimmie::persist::{self, Snapshot};
-use crate::shimmie::{format_md5, shown, Bans, Change, ShimmieSettings, Source, SourceError};
+use crate::shimmie::{shown, Bans, Change, ShimmieSettings, Source, SourceError};
 
 /// What the sync service drives: the mirror's shared state, behind a small seam.
 #[async_trait]
@@ -39,7 +40,7 @@ pub trait SyncTarget: Send + Sync {
     /// The ban set that requests consult.
     fn bans(&self) -> &Bans;
     /// Removes this hash (32 lowercase hex) from every cache tier, both silos.
-    async fn purge(&self, hash: &str);
+    async fn purge(&self, hash: Md5);
 }
 
 /// Tuning, from the YAML.
@@ -380,7 +381,7 @@ impl SyncService {
                 .await?;
             let took = started.elapsed();
             let read = batch.read;
-            let diff = bans.replace_all(batch.rows.iter().map(|r| r.hash).collect());
+            let diff = bans.replace_all(batch.rows.iter().map(|r| r.hash.to_u128()).collect());
             // Lower than before if the newest bans were deleted: ids only grow, so
             // nothing new can hide below it.
             st.cursor = batch.last_id.unwrap_or(i64::MIN);
@@ -393,7 +394,7 @@ impl SyncService {
                 diff.removed.len()
             );
             for hash in diff.removed.iter().take(20) {
-                tracing::info!("sync: ban lifted: {}", format_md5(*hash));
+                tracing::info!("sync: ban lifted: {}", Md5::from_u128(*hash));
             }
             st.dirty |= !diff.added.is_empty() || !diff.removed.is_empty();
             added = diff.added;
@@ -408,7 +409,7 @@ impl SyncService {
                 if let Some(last) = batch.last_id {
                     st.cursor = st.cursor.max(last);
                 }
-                let hashes: Vec<u128> = batch.rows.iter().map(|r| r.hash).collect();
+                let hashes: Vec<u128> = batch.rows.iter().map(|r| r.hash.to_u128()).collect();
                 added.extend(bans.insert_many(&hashes));
                 if batch.read < page {
                     break;
@@ -421,11 +422,11 @@ impl SyncService {
             let count = added.len();
             tracing::info!("sync: {count} new bans: purging them from every cache tier");
             for hash in added {
-                let hash = format_md5(hash);
+                let hash = Md5::from_u128(hash);
                 if count <= 20 {
                     tracing::info!("sync: banned {hash}");
                 }
-                self.target.purge(&hash).await;
+                self.target.purge(hash).await;
             }
             // metrics: shimmer_sync_purges_total += count
             self.update(|s| s.purges += count as u64);

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use shimmer::cache::disk::{seed_object, ObjectRef, Silo};
+use shimmer::cache::disk::seed_object;
+use shimmer::object::{Md5, ObjectRef, Silo};
 
 const OBJECTS: usize = 100_000;
 const BODY: usize = 600;
@@ -45,7 +46,7 @@ async fn restart_with_100k_objects_serves_at_once_and_rebuilds_the_index() {
                 let Some(hash) = hashes.get(i) else {
                     return;
                 };
-                let obj = ObjectRef::new(Silo::Images, hash).expect("a valid hash");
+                let obj = ObjectRef::new(Silo::Images, Md5::parse(hash).expect("a valid hash"));
                 seed_object(&cache, obj, "image/jpeg", &body_of(i), None).expect("seed");
             });
         }

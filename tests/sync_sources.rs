@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use shimmer::fleet::{Algorithm, FleetSpec, FleetView, Silo};
+use shimmer::object::Md5;
 use shimmer::shimmie::{self, persist, Bans, Change, ShimmieSettings, Source, SourceError};
 use shimmer::sync::{SyncOptions, SyncService, SyncStatus, SyncTarget};
 
@@ -32,7 +33,11 @@ const H2: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const H3: &str = "098f6bcd4621d373cade4e832627b4f6";
 
 fn md5(hash: &str) -> u128 {
-    shimmie::parse_md5(hash).expect("a valid md5")
+    parse(hash).to_u128()
+}
+
+fn parse(hash: &str) -> Md5 {
+    Md5::parse(hash).expect("a valid md5")
 }
 
 fn ms(n: u64) -> Duration {
@@ -139,8 +144,8 @@ impl SyncTarget for Recorder {
     fn bans(&self) -> &Bans {
         &self.bans
     }
-    async fn purge(&self, hash: &str) {
-        self.purged.lock().push(hash.to_owned());
+    async fn purge(&self, hash: Md5) {
+        self.purged.lock().push(hash.to_string());
     }
 }
 
@@ -279,7 +284,7 @@ async fn check_source(env: Env) {
     env.db.exec(&format!("{bad} ('abc', 'x')")).await;
     env.db.ban(&H2.to_uppercase()).await;
     let all = source.all_bans(2).await.expect("all bans");
-    let got: Vec<u128> = all.rows.iter().map(|r| r.hash).collect();
+    let got: Vec<u128> = all.rows.iter().map(|r| r.hash.to_u128()).collect();
     assert_eq!(got, [md5(H1), md5(H2)], "{e}");
     assert_eq!((all.read, all.skipped), (4, 2), "{e}");
     let last = all.last_id.expect("last id");
@@ -289,7 +294,7 @@ async fn check_source(env: Env) {
     assert_eq!((none.read, none.last_id), (0, None), "{e}");
     let id3 = env.db.ban(H3).await;
     let one = source.bans_after(last, 1000).await.expect("bans after");
-    let rows: Vec<(i64, u128)> = one.rows.iter().map(|r| (r.id, r.hash)).collect();
+    let rows: Vec<(i64, u128)> = one.rows.iter().map(|r| (r.id, r.hash.to_u128())).collect();
     assert_eq!(rows, [(id3, md5(H3))], "{e}");
 }
 
@@ -383,12 +388,12 @@ async fn check_bulk(env: Env) {
     let all = source.all_bans(50_000).await.expect("all bans");
     let read = shown(started.elapsed());
     let bans = Bans::new();
-    bans.replace_all(all.rows.iter().map(|r| r.hash).collect());
+    bans.replace_all(all.rows.iter().map(|r| r.hash.to_u128()).collect());
     let total = shown(started.elapsed());
     let bytes = bans.heap_bytes();
     eprintln!("{e}: 200,000 bans: read in {read}, in the set after {total} ({bytes} bytes)");
     assert_eq!(bans.len(), 200_000);
-    assert!(bans.contains(&db::bulk_hash(1, 123_456)));
+    assert!(bans.contains(parse(&db::bulk_hash(1, 123_456))));
     let last = all.last_id.expect("last id");
     let next = source.bans_after(last, 50_000).await.expect("incremental");
     assert_eq!(next.read, 0, "a poll with no new bans reads no rows");
@@ -437,7 +442,7 @@ async fn check_service(env: Env) {
     let (t, e) = (&r.target, env.engine);
 
     eventually("first view", || t.ilink().as_deref() == Some(T_A)).await;
-    let loaded = || t.bans.contains(H1) && t.purged(H1);
+    let loaded = || t.bans.contains(parse(H1)) && t.purged(H1);
     eventually("initial ban load and purge", loaded).await;
     let view = t.view.lock().clone().expect("view");
     assert!(view.template(Silo::Images).is_balanced());
@@ -476,15 +481,15 @@ async fn check_service(env: Env) {
 
     // A ban while serving: in the set and purged.
     env.db.ban(H2).await;
-    let banned = || t.bans.contains(H2) && t.purged(H2);
+    let banned = || t.bans.contains(parse(H2)) && t.purged(H2);
     let took = shown(eventually("ban", banned).await);
     eprintln!("{e}: new ban in force and purged after {took} (target {target})");
 
     // An unban: servable again after the full re-read.
     env.db.unban(H1).await;
-    let took = shown(eventually("unban", || !t.bans.contains(H1)).await);
+    let took = shown(eventually("unban", || !t.bans.contains(parse(H1))).await);
     eprintln!("{e}: unban seen after {took} (full re-read every {full_reread:?})");
-    assert!(t.bans.contains(H2));
+    assert!(t.bans.contains(parse(H2)));
 
     // The status and the state file follow at the end of the round.
     eventually("status", || r.status().bans_known == 1).await;
@@ -558,7 +563,7 @@ async fn sqlite_missing_at_start_uses_the_state_file() {
     assert!(restored, "{s:?}");
     assert_eq!(t.ilink().as_deref(), Some(T_A));
     // Persisted bans are in force while the database is away.
-    assert!(t.bans.contains(H1));
+    assert!(t.bans.contains(parse(H1)));
     assert!(
         !path.exists(),
         "the source never creates Shimmie's database"
@@ -567,10 +572,13 @@ async fn sqlite_missing_at_start_uses_the_state_file() {
     let (db, _) = Shimmie::sqlite(&path).await;
     db.set_config("image_ilink", Some(T_B)).await;
     db.ban(H2).await;
-    let caught_up = || t.ilink().as_deref() == Some(T_B) && t.bans.contains(H2);
+    let caught_up = || t.ilink().as_deref() == Some(T_B) && t.bans.contains(parse(H2));
     let took = shown(eventually("catch-up", caught_up).await);
     eprintln!("sqlite: caught up {took} after the database appeared");
-    assert!(!t.bans.contains(H1), "the full read replaces the saved set");
+    assert!(
+        !t.bans.contains(parse(H1)),
+        "the full read replaces the saved set"
+    );
     eventually("up", || r.status().up).await;
     r.shutdown().await;
 }

@@ -55,12 +55,12 @@ mod tests_races;
 mod tests_scan;
 mod upkeep;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType};
@@ -70,6 +70,7 @@ pub use io::{DiskHit, DiskWriter};
 pub use storage::seed_object;
 
 use crate::cache::stream::StreamFill;
+use crate::cache::FillRegistry;
 use crate::cache::{unix_now, LogEvery};
 use format::Corrupt;
 use index::{blocks_for, BLOCK};
@@ -171,7 +172,7 @@ pub struct DiskStorage {
     tmp: PathBuf,
     books: Mutex<Books>,
     /// Fills of this store used directly as a `Storage` (the tiered store has its own).
-    fills: RwLock<HashMap<HashBinary, Vec<Arc<StreamFill>>>>,
+    fills: FillRegistry<StreamFill>,
     /// Every disk fill in progress (this store's and the tiered store's), by key, and the
     /// per-key locks that order a fill's rename against a purge's unlink ([`publish`]).
     writing: publish::Writing,
@@ -224,7 +225,7 @@ impl DiskStorage {
             tmp: cfg.dir.join(".tmp"),
             cfg,
             books: Mutex::new(Books::default()),
-            fills: RwLock::new(HashMap::new()),
+            fills: FillRegistry::default(),
             writing: publish::Writing::new(),
             next_id: AtomicU64::new(1),
             dirs_made: (0..2 * 65536 / 64).map(|_| AtomicU64::new(0)).collect(),
@@ -524,7 +525,7 @@ impl DiskStorage {
     /// [`Self::remove`] on the calling thread (one `unlink`), for synchronous callers.
     pub fn remove_now(&self, obj: ObjectRef) -> bool {
         let key = obj.key_hash();
-        let readers = self.mark_stream_fills(&key);
+        let readers = self.fills.mark_purged(&key);
         let found = self.purge_locked(key, Some(obj));
         self.count_purge(readers | found)
     }
@@ -535,24 +536,13 @@ impl DiskStorage {
         key: HashBinary,
         obj: Option<ObjectRef>,
     ) -> bool {
-        let readers = self.mark_stream_fills(&key);
+        let readers = self.fills.mark_purged(&key);
         let found = match tokio::task::spawn_blocking(move || self.purge_locked(key, obj)).await {
             Ok(found) => found,
             // The blocking pool is going away (shutdown): a purge is never dropped.
             Err(_) => self.purge_locked(key, obj),
         };
         self.count_purge(readers | found)
-    }
-
-    /// Stops handing this store's own fills of `key` to new readers.
-    fn mark_stream_fills(&self, key: &HashBinary) -> bool {
-        let mut found = false;
-        if let Some(fills) = self.fills.read().get(key) {
-            for f in fills {
-                found |= !f.purged.swap(true, Ordering::AcqRel);
-            }
-        }
-        found
     }
 
     #[cfg(test)]

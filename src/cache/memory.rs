@@ -33,7 +33,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
@@ -42,10 +42,12 @@ use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
 use tinyufo::TinyUfo;
 
+use crate::cache::declared_len;
+use crate::cache::FillRegistry;
 use fill::{Fill, MemoryMissHandler};
 use hit::CompleteHit;
 pub use meta::FreshObject;
-use meta::StoredMeta;
+pub(crate) use meta::StoredMeta;
 
 /// Bytes charged per object on top of body and metadata: a fixed estimate of our
 /// bookkeeping (ledger entry, TinyUFO bucket and queue slot, `Arc`s, key).
@@ -168,7 +170,7 @@ pub struct MemoryStorage {
     objects: TinyUfo<HashBinary, Arc<Slot>>,
     ledger: Mutex<Ledger>,
     /// In-progress writes by key; usually one per key, more if writers raced past the lock.
-    fills: RwLock<HashMap<HashBinary, Vec<Arc<Fill>>>>,
+    fills: FillRegistry<Fill>,
     next_id: AtomicU64,
     fill_bytes: AtomicUsize,
     budget: usize,
@@ -199,7 +201,7 @@ impl MemoryStorage {
         Self {
             objects: TinyUfo::new(limit_units, estimated),
             ledger: Mutex::new(Ledger::default()),
-            fills: RwLock::new(HashMap::new()),
+            fills: FillRegistry::default(),
             next_id: AtomicU64::new(1),
             fill_bytes: AtomicUsize::new(0),
             budget: budget_bytes,
@@ -221,13 +223,8 @@ impl MemoryStorage {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> MemoryStats {
-        let (fills, fill_bytes) = {
-            let fills = self.fills.read();
-            (
-                fills.values().map(Vec::len).sum(),
-                self.fill_bytes.load(Ordering::Relaxed),
-            )
-        };
+        let (fills, _) = self.fills.count_and_sum(|_| 0);
+        let fill_bytes = self.fill_bytes.load(Ordering::Relaxed);
         let ledger = self.ledger.lock();
         MemoryStats {
             budget: self.budget,
@@ -254,14 +251,9 @@ impl MemoryStorage {
     /// shimmer, there is no Vary variance).
     pub fn remove_hash(&self, hash: &HashBinary) -> bool {
         let mut ledger = self.ledger.lock();
-        let mut found = false;
-        if let Some(fills) = self.fills.read().get(hash) {
-            for fill in fills {
-                // Checked by `commit` under the ledger lock, so a fill that started before a
-                // ban can never store the banned object afterwards.
-                found |= !fill.purged.swap(true, Ordering::AcqRel);
-            }
-        }
+        // Checked by `commit` under the ledger lock, so a fill that started before a ban
+        // can never store the banned object afterwards.
+        let found = self.fills.mark_purged(hash);
         found | self.tombstone(&mut ledger, hash)
     }
 
@@ -385,7 +377,7 @@ impl MemoryStorage {
     /// The completed object for `hash` if it is fresh at `now` and no fill for it is in
     /// progress (a fill would be newer). Counts as an access, like a `lookup` hit.
     pub fn fresh_object(&self, hash: &HashBinary, now: SystemTime) -> Option<FreshObject> {
-        if self.fills.read().contains_key(hash) {
+        if self.fills.contains(hash) {
             return None;
         }
         let slot = self.live_slot(hash)?;
@@ -403,25 +395,20 @@ impl MemoryStorage {
         })
     }
 
-    /// The newest fill for `hash` that a new reader may attach to.
-    fn active_fill(&self, hash: &HashBinary) -> Option<Arc<Fill>> {
-        let fills = self.fills.read();
-        fills
-            .get(hash)?
-            .iter()
-            .filter(|f| f.is_attachable())
-            .max_by_key(|f| f.id)
-            .cloned()
+    /// A fill whose meta is already prepared (the tiered store's, serialized once).
+    pub(crate) fn miss_handler_for(
+        &'static self,
+        hash: HashBinary,
+        meta: StoredMeta,
+        expected_len: Option<u64>,
+    ) -> MissHandler {
+        let fill = Arc::new(Fill::new(self, hash, self.next_id(), Arc::new(meta)));
+        self.fills.insert(fill.clone());
+        Box::new(MemoryMissHandler::new(fill, expected_len))
     }
 
     fn forget_fill(&self, fill: &Fill) {
-        let mut fills = self.fills.write();
-        if let Some(list) = fills.get_mut(&fill.key) {
-            list.retain(|f| f.id != fill.id);
-            if list.is_empty() {
-                fills.remove(&fill.key);
-            }
-        }
+        self.fills.forget(fill);
     }
 
     fn purge_target(&self, target: PurgeTarget<'_>) -> PurgeOutcome {
@@ -446,7 +433,7 @@ impl Storage for MemoryStorage {
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.combined_bin();
         // Prefer a fill in progress: during a refresh it is newer than the stored object.
-        if let Some(fill) = self.active_fill(&hash) {
+        if let Some(fill) = self.fills.active(&hash) {
             return fill.hit().map(Some);
         }
         let Some(slot) = self.live_slot(&hash) else {
@@ -475,12 +462,7 @@ impl Storage for MemoryStorage {
         };
         let hash = key.combined_bin();
         // Purged fills stay findable by tag: their own writer still streams its client.
-        let fill = self
-            .fills
-            .read()
-            .get(&hash)
-            .and_then(|list| list.iter().find(|f| f.id == id).cloned());
-        fill.map(|f| f.hit()).transpose()
+        self.fills.by_id(&hash, id).map(|f| f.hit()).transpose()
     }
 
     async fn get_miss_handler(
@@ -489,15 +471,8 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let hash = key.combined_bin();
-        let serialized = Arc::new(StoredMeta::from_meta(meta)?);
-        let fill = Arc::new(Fill::new(self, hash, self.next_id(), serialized));
-        self.fills
-            .write()
-            .entry(hash)
-            .or_default()
-            .push(fill.clone());
-        Ok(Box::new(MemoryMissHandler::new(fill, meta)))
+        let stored = StoredMeta::from_meta(meta)?;
+        Ok(self.miss_handler_for(key.combined_bin(), stored, declared_len(meta)))
     }
 
     async fn purge(

@@ -8,11 +8,14 @@
 //! - [`tiered::TieredStorage`]: memory over disk; fills go to both, disk hits are
 //!   promoted into memory, a disk that cannot be written degrades to memory only.
 pub mod disk;
+pub(crate) mod fills;
 pub mod memory;
 mod stream;
 pub mod tiered;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub(crate) use fills::FillRegistry;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, StatusCode};

@@ -22,14 +22,13 @@ mod promote;
 mod tests;
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::{
     HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
@@ -39,9 +38,11 @@ use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
 
 use crate::cache::declared_len;
-use crate::cache::disk::{DiskStats, DiskStorage, MetaBytes, ObjectRef, Silo};
-use crate::cache::memory::{FreshObject, MemoryStats, MemoryStorage};
+use crate::cache::disk::{DiskStats, DiskStorage};
+use crate::cache::memory::{FreshObject, MemoryStats, MemoryStorage, StoredMeta};
 use crate::cache::stream::StreamFill;
+use crate::cache::FillRegistry;
+use crate::object::{Md5, ObjectRef, Silo};
 use fill::TieredMissHandler;
 use promote::TieredHit;
 
@@ -49,11 +50,6 @@ use promote::TieredHit;
 const TAG_PREFIX: u8 = b'T';
 /// What the memory tier charges per object beyond body and meta (an upper bound).
 const MEMORY_OVERHEAD: u64 = 256;
-
-/// A purge was asked for something that is not an image hash.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not an image hash (32 lowercase hex digits)")]
-pub struct BadHash(pub String);
 
 /// Numbers for Prometheus, per tier and for the composition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,7 +80,7 @@ struct Counters {
 pub struct TieredStorage {
     memory: &'static MemoryStorage,
     disk: Option<&'static DiskStorage>,
-    fills: RwLock<HashMap<HashBinary, Vec<Arc<StreamFill>>>>,
+    fills: FillRegistry<StreamFill>,
     next_id: AtomicU64,
     /// Keys being promoted in the background, so each is read once.
     promoting: Mutex<HashSet<HashBinary>>,
@@ -96,7 +92,7 @@ impl TieredStorage {
         Self {
             memory,
             disk,
-            fills: RwLock::new(HashMap::new()),
+            fills: FillRegistry::default(),
             next_id: AtomicU64::new(1),
             promoting: Mutex::new(HashSet::new()),
             counters: Counters::default(),
@@ -131,7 +127,7 @@ impl TieredStorage {
         TieredStats {
             memory: self.memory.stats(),
             disk: self.disk.map(DiskStorage::stats),
-            fills: self.fills.read().values().map(Vec::len).sum(),
+            fills: self.fills.count_and_sum(|_| 0).0,
             promotions: get(&c.promotions),
             memory_only_fills: get(&c.memory_only_fills),
             disk_dropped_fills: get(&c.disk_dropped_fills),
@@ -142,93 +138,50 @@ impl TieredStorage {
     /// Removes an image (both silos) from every tier and keeps fills in progress from
     /// storing it: for bans and the admin API. The disk file is unlinked by path, so
     /// this works while the restart scan runs. Returns whether any tier held it.
-    pub async fn purge_hash(&self, hash: &str) -> Result<bool, BadHash> {
+    /// The disk part is one `unlink` per silo on the calling thread (cheap; a ban storm
+    /// is batched by the sync).
+    pub fn purge_hash(&self, md5: Md5) -> bool {
         let mut found = false;
-        for obj in Self::objects(hash)? {
-            found |= self.purge_memory(&obj);
-            if let Some(d) = self.disk {
-                found |= d.remove(obj).await;
-            }
-        }
-        Ok(found)
-    }
-
-    /// [`Self::purge_hash`] for synchronous callers: the disk part is one `unlink` per
-    /// silo on the calling thread.
-    pub fn purge_hash_now(&self, hash: &str) -> Result<bool, BadHash> {
-        let mut found = false;
-        for obj in Self::objects(hash)? {
+        for obj in Silo::ALL.map(|silo| ObjectRef::new(silo, md5)) {
             found |= self.purge_memory(&obj);
             if let Some(d) = self.disk {
                 found |= d.remove_now(obj);
             }
         }
-        Ok(found)
-    }
-
-    fn objects(hash: &str) -> Result<[ObjectRef; 2], BadHash> {
-        let obj = |silo| ObjectRef::new(silo, hash).ok_or_else(|| BadHash(hash.to_owned()));
-        Ok([obj(Silo::Images)?, obj(Silo::Thumbs)?])
+        found
     }
 
     /// Fills first, so that a fill finishing now cannot store the object afterwards.
     fn purge_memory(&self, obj: &ObjectRef) -> bool {
         let key = obj.key_hash();
-        self.mark_fills_purged(&key) | self.memory.remove_hash(&key)
-    }
-
-    fn mark_fills_purged(&self, key: &HashBinary) -> bool {
-        let mut found = false;
-        if let Some(fills) = self.fills.read().get(key) {
-            for f in fills {
-                found |= !f.purged.swap(true, Ordering::AcqRel);
-            }
-        }
-        found
-    }
-
-    fn active_fill(&self, key: &HashBinary) -> Option<Arc<StreamFill>> {
-        let fills = self.fills.read();
-        fills
-            .get(key)?
-            .iter()
-            .filter(|f| f.is_attachable())
-            .max_by_key(|f| f.id)
-            .cloned()
+        self.fills.mark_purged(&key) | self.memory.remove_hash(&key)
     }
 
     fn forget_fill(&self, fill: &StreamFill) {
-        let mut fills = self.fills.write();
-        if let Some(list) = fills.get_mut(&fill.key) {
-            list.retain(|f| f.id != fill.id);
-            if list.is_empty() {
-                fills.remove(&fill.key);
-            }
-        }
+        self.fills.forget(fill);
     }
 
     /// A fresh object held whole in the memory tier, unless a fill for it is in progress
     /// in either tier (that would be newer). The proxy answers plain GET hits from this
     /// without pingora-cache's lookup; everything else takes the full path.
-    pub fn memory_fresh_object(&self, key: &CacheKey, now: SystemTime) -> Option<FreshObject> {
-        let hash = key.combined_bin();
-        if self.fills.read().contains_key(&hash) {
+    pub fn memory_fresh_object(&self, key: &HashBinary, now: SystemTime) -> Option<FreshObject> {
+        if self.fills.contains(key) {
             return None;
         }
-        self.memory.fresh_object(&hash, now)
+        self.memory.fresh_object(key, now)
     }
 
-    /// Whether a body of `body_len` with this meta fits the memory tier.
+    /// Whether a body of `body_len` with a meta the memory tier charges `meta_len` for
+    /// ([`StoredMeta::len`]) fits the memory tier.
     fn fits_memory(&self, body_len: u64, meta_len: usize) -> bool {
         body_len + meta_len as u64 + MEMORY_OVERHEAD <= self.memory.max_object_bytes() as u64
     }
 
     /// Offers a complete body to the memory tier. Returns whether it was admitted.
-    async fn insert_memory(&self, key: &CacheKey, meta: &MetaBytes, chunks: Vec<Bytes>) -> bool {
-        let span = Span::inactive().handle();
+    async fn insert_memory(&self, key: HashBinary, meta: StoredMeta, chunks: Vec<Bytes>) -> bool {
         let insert = async {
-            let meta = meta.to_meta()?;
-            let mut miss = self.memory.get_miss_handler(key, &meta, &span).await?;
+            let len: usize = chunks.iter().map(Bytes::len).sum();
+            let mut miss = self.memory.miss_handler_for(key, meta, Some(len as u64));
             for chunk in chunks {
                 miss.write_body(chunk, false).await?;
             }
@@ -247,7 +200,7 @@ impl TieredStorage {
 
     /// A memory-only fill, as without a disk.
     async fn memory_miss(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<MissHandler> {
-        let meta_len = MetaBytes::from_meta(meta)?.len();
+        let meta_len = StoredMeta::estimated_len(meta);
         if let Some(len) = declared_len(meta).filter(|&l| !self.fits_memory(l, meta_len)) {
             // Holding it in RAM until the end just to refuse it then is not worth it.
             return Err(Error::explain(
@@ -271,7 +224,7 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         self.start_background();
-        if let Some(fill) = self.active_fill(&key.combined_bin()) {
+        if let Some(fill) = self.fills.active(&key.combined_bin()) {
             return fill.hit().map(Some);
         }
         if let Some(hit) = self.memory.lookup(key, trace).await? {
@@ -285,12 +238,14 @@ impl Storage for TieredStorage {
             // soon as its fill is registered (streaming partial writes). A fill that
             // started while the disk was being looked at must be found now, or this
             // request would become a second writer: look again before saying "miss".
-            if let Some(fill) = self.active_fill(&key.combined_bin()) {
+            if let Some(fill) = self.fills.active(&key.combined_bin()) {
                 return fill.hit().map(Some);
             }
             return self.memory.lookup(key, trace).await;
         };
-        let promote = self.fits_memory(hit.body_len(), hit.meta_bytes().len());
+        let promote = self
+            .fits_memory(hit.body_len(), StoredMeta::estimated_len(&meta))
+            .then(|| StoredMeta::from_parts(hit.meta_bytes().internal.clone(), &meta));
         let hit = TieredHit::new(self, key.clone(), hit, promote);
         Ok(Some((meta, Box::new(hit))))
     }
@@ -310,11 +265,7 @@ impl Storage for TieredStorage {
                 .lookup_streaming_write(key, Some(tag), trace)
                 .await;
         };
-        let fill = self
-            .fills
-            .read()
-            .get(&key.combined_bin())
-            .and_then(|list| list.iter().find(|f| f.id == id).cloned());
+        let fill = self.fills.by_id(&key.combined_bin(), id);
         fill.map(|f| f.hit()).transpose()
     }
 
@@ -354,7 +305,7 @@ impl Storage for TieredStorage {
             return Ok(PurgeOutcome::NotFound);
         }
         let key = target.key().combined_bin();
-        let mut found = self.mark_fills_purged(&key);
+        let mut found = self.fills.mark_purged(&key);
         found |= !matches!(
             self.memory.purge(target, purge_type, trace).await?,
             PurgeOutcome::NotFound

@@ -36,32 +36,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-/// The two media trees a mirror serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Silo {
-    /// `/_images/<hash>/...`, placed by `image_ilink`.
-    Images,
-    /// `/_thumbs/<hash>/...`, placed by `image_tlink`.
-    Thumbs,
-}
+pub use crate::object::Silo;
 
+/// What placement needs of a silo beyond its identity.
 impl Silo {
-    /// Both silos.
-    pub const ALL: [Silo; 2] = [Silo::Images, Silo::Thumbs];
-
-    /// The path segment: `"_images"` or `"_thumbs"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Silo::Images => "_images",
-            Silo::Thumbs => "_thumbs",
-        }
-    }
-
-    /// The silo for a path segment (`"_images"` / `"_thumbs"`, exact).
-    pub fn from_path_segment(s: &str) -> Option<Silo> {
-        Silo::ALL.into_iter().find(|silo| silo.as_str() == s)
-    }
-
     /// Shimmie's config key for the silo's link template.
     pub fn config_key(self) -> &'static str {
         match self {
@@ -83,12 +61,6 @@ impl Silo {
             Silo::Images => 0,
             Silo::Thumbs => 1,
         }
-    }
-}
-
-impl fmt::Display for Silo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -8,58 +8,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The path that reports the request counters.
 pub(crate) const STATS_PATH: &str = "/_origin/stats";
 
-/// Which of Shimmie's two file trees a request is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Silo {
-    Images,
-    Thumbs,
-}
+pub(crate) use crate::object::{Md5, Silo};
 
-impl Silo {
-    /// The directory under the data directory that holds this silo's files.
-    pub(crate) fn dir_name(self) -> &'static str {
-        match self {
-            Silo::Images => "images",
-            Silo::Thumbs => "thumbs",
-        }
-    }
-}
-
-/// A validated md5 hash: exactly 32 lowercase hex digits. Holding one is the only
-/// way to get a filesystem path, so no request byte but these 32 reaches a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MediaHash([u8; 32]);
-
-impl MediaHash {
-    /// Accepts exactly 32 lowercase hex digits.
-    pub(crate) fn parse(s: &[u8]) -> Option<Self> {
-        let bytes: [u8; 32] = s.try_into().ok()?;
-        bytes
-            .iter()
-            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-            .then_some(MediaHash(bytes))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        // Only ASCII hex digits are ever stored, so this cannot fail; the fallback
-        // keeps the no-panic rule without an unwrap.
-        std::str::from_utf8(&self.0).unwrap_or("")
-    }
-
-    /// Where Shimmie may keep this file: one split level (`ab/<hash>`, the default)
-    /// or two (`ab/cd/<hash>`), in the order to try them.
-    pub(crate) fn candidates(&self, root: &Path, silo: Silo) -> [PathBuf; 2] {
-        let h = self.as_str();
-        let base = root.join(silo.dir_name()).join(&h[0..2]);
-        [base.join(h), base.join(&h[2..4]).join(h)]
-    }
+/// Where Shimmie may keep a file: one split level (`ab/<hash>`, the default) or two
+/// (`ab/cd/<hash>`), in the order to try them. Holding an [`Md5`] is the only way to get
+/// a path, so no request byte but these 32 hex digits reaches the filesystem.
+pub(crate) fn candidates(root: &Path, silo: Silo, hash: Md5) -> [PathBuf; 2] {
+    let h = hash.hex();
+    let base = root.join(silo.data_dir_name()).join(&h[0..2]);
+    [base.join(&*h), base.join(&h[2..4]).join(&*h)]
 }
 
 /// What a request path asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     /// `/_images/<hash>...` or `/_thumbs/<hash>...` with a valid hash.
-    Media { silo: Silo, hash: MediaHash },
+    Media { silo: Silo, hash: Md5 },
     /// A media silo, but what follows is not a valid hash: 400.
     BadHash(Silo),
     /// The counters endpoint.
@@ -101,9 +65,9 @@ pub(crate) fn route(path: &str) -> Route {
     if !matches!(tail.first(), None | Some(b'/') | Some(b'.')) {
         return Route::BadHash(silo);
     }
-    match MediaHash::parse(hash) {
-        Some(hash) => Route::Media { silo, hash },
-        None => Route::BadHash(silo),
+    match std::str::from_utf8(hash).map(Md5::parse) {
+        Ok(Ok(hash)) => Route::Media { silo, hash },
+        _ => Route::BadHash(silo),
     }
 }
 
@@ -200,7 +164,7 @@ mod tests {
     fn media(silo: Silo) -> Route {
         Route::Media {
             silo,
-            hash: MediaHash::parse(H.as_bytes()).unwrap(),
+            hash: Md5::parse(H).unwrap(),
         }
     }
 
@@ -276,8 +240,8 @@ mod tests {
 
     #[test]
     fn candidate_paths_one_and_two_levels() {
-        let hash = MediaHash::parse(H.as_bytes()).unwrap();
-        let [one, two] = hash.candidates(Path::new("/data"), Silo::Thumbs);
+        let hash = Md5::parse(H).unwrap();
+        let [one, two] = candidates(Path::new("/data"), Silo::Thumbs, hash);
         assert_eq!(one, Path::new("/data/thumbs/e2").join(H));
         assert_eq!(two, Path::new("/data/thumbs/e2/8e").join(H));
     }

@@ -19,7 +19,7 @@ use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::request::{
-    if_range_allows, not_modified_since, parse_range, resolve, route, MediaHash, Route, Silo,
+    if_range_allows, not_modified_since, parse_range, resolve, route, Md5, Route, Silo,
 };
 use crate::media_type::{sniff, SNIFF_LEN};
 
@@ -234,7 +234,7 @@ impl OriginApp {
         session: &mut ServerSession,
         method: &Method,
         silo: Silo,
-        hash: MediaHash,
+        hash: Md5,
     ) -> PResult<Outcome> {
         let (mut file, len, mtime) = match self.open(silo, hash).await {
             Ok(Some(found)) => found,
@@ -327,9 +327,9 @@ impl OriginApp {
     async fn open(
         &self,
         silo: Silo,
-        hash: MediaHash,
+        hash: Md5,
     ) -> std::io::Result<Option<(File, u64, Option<SystemTime>)>> {
-        for path in hash.candidates(&self.root, silo) {
+        for path in super::request::candidates(&self.root, silo, hash) {
             let file = match File::open(&path).await {
                 Ok(file) => file,
                 Err(e) if is_absent(&e) => continue,
@@ -353,13 +353,13 @@ impl OriginApp {
         &self,
         session: &mut ServerSession,
         file: &mut File,
-        hash: MediaHash,
+        hash: Md5,
         status: u16,
         first: u64,
         count: u64,
     ) -> PResult<Outcome> {
         if let Err(e) = file.seek(SeekFrom::Start(first)).await {
-            tracing::warn!("{}: seeking to {first} failed: {e}", hash.as_str());
+            tracing::warn!("{}: seeking to {first} failed: {e}", hash);
             return Ok(Outcome::broken(status, 0));
         }
         let mut sent = 0u64;
@@ -371,19 +371,19 @@ impl OriginApp {
                 Ok(n) => {
                     tracing::warn!(
                         "{}: file ended {} bytes early, aborting response",
-                        hash.as_str(),
+                        hash,
                         count - sent - n as u64
                     );
                     return Ok(Outcome::broken(status, sent));
                 }
                 Err(e) => {
-                    tracing::warn!("{}: read failed mid-stream, aborting: {e}", hash.as_str());
+                    tracing::warn!("{}: read failed mid-stream, aborting: {e}", hash);
                     return Ok(Outcome::broken(status, sent));
                 }
             }
             let end = sent + want as u64 == count;
             if let Err(e) = session.write_response_body(Bytes::from(buf), end).await {
-                tracing::debug!("{}: client write failed: {e}", hash.as_str());
+                tracing::debug!("{}: client write failed: {e}", hash);
                 return Ok(Outcome::broken(status, sent));
             }
             sent += want as u64;
@@ -394,11 +394,11 @@ impl OriginApp {
     async fn internal_error(
         &self,
         session: &mut ServerSession,
-        hash: MediaHash,
+        hash: Md5,
         doing: &str,
         e: std::io::Error,
     ) -> PResult<Outcome> {
-        tracing::warn!("{}: {doing} failed: {e}", hash.as_str());
+        tracing::warn!("{}: {doing} failed: {e}", hash);
         let resp = ResponseHeader::build(500, Some(4))?;
         send_text(session, resp, "internal error\n").await
     }

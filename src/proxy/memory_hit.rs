@@ -9,7 +9,6 @@ use std::time::SystemTime;
 
 use http::{header, Method, Version};
 use pingora::prelude::*;
-use pingora_cache::CacheKey;
 use pingora_http::RequestHeader;
 
 use crate::cache::tiered::TieredStorage;
@@ -36,7 +35,7 @@ pub(super) async fn serve(
     if !eligible(session.req_header()) {
         return Ok(false);
     }
-    let key = CacheKey::new(media.cache_key(), "");
+    let key = media.object().key_hash();
     let Some(object) = storage.memory_fresh_object(&key, SystemTime::now()) else {
         return Ok(false);
     };

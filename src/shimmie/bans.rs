@@ -1,5 +1,8 @@
 //! The set of banned md5s, read on every request.
 //!
+//! Queried by [`Md5`]; the bulk operations (sync batches, the saved snapshot) use its
+//! numeric form, [`Md5::to_u128`], which is what the set stores.
+//!
 //! Stored as one sorted `Vec<u128>` behind an `ArcSwap`: 16 bytes a hash (a
 //! `HashSet<u128>` needs 17 bytes a slot plus up to 2x slack for its load factor, a
 //! `HashSet<String>` ~80), plus a prefix index of one `u32` per ~8 hashes (md5s are
@@ -16,31 +19,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-/// An md5 as `u128`: 32 hex digits, either case; anything else is `None`.
-#[inline]
-pub fn parse_md5(hash: &str) -> Option<u128> {
-    let bytes = hash.as_bytes();
-    if bytes.len() != 32 {
-        return None;
-    }
-    // By hand: u128::from_str_radix is ~3x slower (overflow checks per digit).
-    let mut value = 0u128;
-    for &b in bytes {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        value = value << 4 | u128::from(digit);
-    }
-    Some(value)
-}
-
-/// The md5 as Shimmie writes it: 32 lowercase hex digits.
-pub fn format_md5(hash: u128) -> String {
-    format!("{hash:032x}")
-}
+use crate::object::Md5;
 
 /// Sorted hashes and the prefix index over them. Immutable once built.
 #[derive(Default)]
@@ -133,16 +112,10 @@ impl Bans {
         }
     }
 
-    /// Is this hash (as it appears in a request path) banned? A string that is not an
-    /// md5 is not banned.
+    /// Is this image banned?
     #[inline]
-    pub fn contains(&self, hash: &str) -> bool {
-        parse_md5(hash).is_some_and(|h| self.contains_md5(h))
-    }
-
-    #[inline]
-    pub fn contains_md5(&self, hash: u128) -> bool {
-        self.set.load().contains(hash)
+    pub fn contains(&self, hash: Md5) -> bool {
+        self.set.load().contains(hash.to_u128())
     }
 
     pub fn len(&self) -> usize {
@@ -166,8 +139,8 @@ impl Bans {
     }
 
     /// Bans one hash; true if it was new.
-    pub fn insert(&self, hash: u128) -> bool {
-        !self.insert_many(&[hash]).is_empty()
+    pub fn insert(&self, hash: Md5) -> bool {
+        !self.insert_many(&[hash.to_u128()]).is_empty()
     }
 
     /// Bans several hashes in one swap; returns those that were new (sorted).
@@ -189,7 +162,8 @@ impl Bans {
     }
 
     /// Unbans one hash; true if it was banned.
-    pub fn remove(&self, hash: u128) -> bool {
+    pub fn remove(&self, hash: Md5) -> bool {
+        let hash = hash.to_u128();
         let _writer = self.write.lock();
         let current = self.set.load_full();
         let Ok(at) = current.hashes.binary_search(&hash) else {
@@ -268,44 +242,27 @@ mod tests {
 
     const H: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
+    fn has(bans: &Bans, n: u128) -> bool {
+        bans.contains(Md5::from_u128(n))
+    }
+
     fn h(n: u128) -> u128 {
         // Spread like md5s do.
         n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
     }
 
     #[test]
-    fn md5_parsing_is_strict_and_round_trips() {
-        let v = parse_md5(H).unwrap_or_default();
-        assert_eq!(format_md5(v), H);
-        assert_eq!(parse_md5(&H.to_uppercase()), Some(v));
-        assert_eq!(format_md5(1), "00000000000000000000000000000001");
-        for bad in [
-            "",
-            "d41d8cd98f00b204e9800998ecf8427",
-            "+41d8cd98f00b204e9800998ecf8427e",
-            &format!("{H}0"),
-            "g41d8cd98f00b204e9800998ecf8427e",
-            "é1d8cd98f00b204e9800998ecf8427",
-        ] {
-            assert_eq!(parse_md5(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn insert_contains_remove() {
         let bans = Bans::new();
-        assert!(!bans.contains(H));
-        assert!(bans.insert(parse_md5(H).unwrap_or_default()));
-        assert!(
-            !bans.insert(parse_md5(H).unwrap_or_default()),
-            "second insert is not new"
-        );
-        assert!(bans.contains(H));
-        assert!(bans.contains(&H.to_uppercase()));
-        assert!(!bans.contains("not a hash"));
+        let md5 = Md5::parse(H).expect("md5");
+        assert!(!bans.contains(md5));
+        assert!(bans.insert(md5));
+        assert!(!bans.insert(md5), "second insert is not new");
+        assert!(bans.contains(md5));
+        assert!(!bans.contains(Md5::from_u128(md5.to_u128() + 1)));
         assert_eq!(bans.len(), 1);
-        assert!(bans.remove(parse_md5(H).unwrap_or_default()));
-        assert!(!bans.remove(parse_md5(H).unwrap_or_default()));
+        assert!(bans.remove(md5));
+        assert!(!bans.remove(md5));
         assert!(bans.is_empty());
     }
 
@@ -323,7 +280,7 @@ mod tests {
             snap.windows(2).all(|w| w[0] < w[1]),
             "sorted, no duplicates"
         );
-        assert!((1..=4).all(|n| bans.contains_md5(h(n))));
+        assert!((1..=4).all(|n| has(&bans, h(n))));
     }
 
     #[test]
@@ -333,8 +290,8 @@ mod tests {
         let diff = bans.replace_all(vec![h(3), h(4), h(4), h(2)]);
         assert_eq!(diff.added, vec![h(4)]);
         assert_eq!(diff.removed, vec![h(1)]);
-        assert!(!bans.contains_md5(h(1)));
-        assert!(bans.contains_md5(h(4)));
+        assert!(!has(&bans, h(1)));
+        assert!(has(&bans, h(4)));
         assert_eq!(bans.replace_all(vec![h(2), h(3), h(4)]), BanDiff::default());
         let diff = bans.replace_all(Vec::new());
         assert_eq!(diff.removed.len(), 3);
@@ -378,11 +335,11 @@ mod tests {
             "{bytes} bytes"
         );
         // A working set of request paths that stays in cache, as real ones do.
-        let probes: Vec<String> = (0..1_000u128).map(|n| format_md5(h(n * 3))).collect();
+        let probes: Vec<Md5> = (0..1_000u128).map(|n| Md5::from_u128(h(n * 3))).collect();
         let start = Instant::now();
         let mut hits = 0;
         for _ in 0..100 {
-            hits += probes.iter().filter(|p| bans.contains(p)).count();
+            hits += probes.iter().filter(|p| bans.contains(**p)).count();
         }
         let per = start.elapsed() / 100_000;
         assert_eq!(
@@ -390,7 +347,7 @@ mod tests {
             100 * (0..1_000u128).filter(|n| n * 3 < 200_000).count()
         );
         // A number for the report, not an assertion (tests never assert on timing).
-        eprintln!("Bans::contains, 200,000 bans: {per:?} a lookup (parse + search), {bytes} bytes");
+        eprintln!("Bans::contains, 200,000 bans: {per:?} a lookup, {bytes} bytes");
     }
 
     #[test]
@@ -402,17 +359,13 @@ mod tests {
             let bans = Bans::new();
             bans.replace_all(hashes.clone());
             for (i, &hash) in hashes.iter().enumerate() {
-                assert!(bans.contains_md5(hash), "len {len}: member {i}");
+                assert!(has(&bans, hash), "len {len}: member {i}");
             }
             for n in 0..200u128 {
                 let absent = h(n * 2 + 2);
-                assert_eq!(
-                    bans.contains_md5(absent),
-                    hashes.contains(&absent),
-                    "len {len}"
-                );
+                assert_eq!(has(&bans, absent), hashes.contains(&absent), "len {len}");
             }
-            assert!(!bans.contains_md5(1) || hashes.contains(&1));
+            assert!(!has(&bans, 1) || hashes.contains(&1));
         }
     }
 
@@ -425,14 +378,14 @@ mod tests {
             std::thread::spawn(move || {
                 for _ in 0..20_000 {
                     // h(0) is never removed: every snapshot must have it.
-                    assert!(bans.contains_md5(h(0)));
+                    assert!(has(&bans, h(0)));
                 }
             })
         };
         for n in 1..200 {
-            bans.insert(h(n));
+            bans.insert(Md5::from_u128(h(n)));
             if n > 1 {
-                bans.remove(h(n - 1));
+                bans.remove(Md5::from_u128(h(n - 1)));
             }
         }
         assert!(reader.join().is_ok());

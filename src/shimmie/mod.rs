@@ -29,7 +29,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Decode, Row, ValueRef};
 
-pub use bans::{format_md5, parse_md5, BanDiff, Bans};
+use crate::object::Md5;
+
+pub use bans::{BanDiff, Bans};
 pub use static_source::StaticSource;
 
 /// Templates longer than this are refused as corrupt: a real one is a URL with a
@@ -48,8 +50,8 @@ pub struct ShimmieSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BanRow {
     pub id: i64,
-    /// The banned md5, see [`parse_md5`].
-    pub hash: u128,
+    /// The banned md5 (either case in the table; normalised here).
+    pub hash: Md5,
 }
 
 /// What one ban query returned.
@@ -303,7 +305,7 @@ impl<'a> BatchBuilder<'a> {
         let parsed = match &hash {
             Ok(Some(bytes)) => std::str::from_utf8(bytes.trim_ascii_end())
                 .ok()
-                .and_then(parse_md5),
+                .and_then(Md5::parse_any_case),
             _ => None,
         };
         match parsed {
@@ -451,7 +453,7 @@ mod tests {
         assert_eq!(batch.last_id, Some(5));
         let ids: Vec<i64> = batch.rows.iter().map(|r| r.id).collect();
         assert_eq!(ids, [1, 5]);
-        assert_eq!(batch.rows[1].hash, parse_md5(H).unwrap_or_default());
+        assert_eq!(Some(batch.rows[1].hash), Md5::parse_any_case(H));
         // Reported once: a second pass over row 2 does not log again.
         assert!(!reported.first("ban 2".into()));
     }

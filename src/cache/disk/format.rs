@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use http::header;
-use pingora_cache::key::{hash_key, CacheHashKey, HashBinary};
-use pingora_cache::{CacheKey, CacheMeta};
+use pingora_cache::CacheMeta;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 
@@ -40,101 +39,10 @@ pub(crate) const MAX_HEADER_LEN: usize = 256 << 10;
 /// How long an adopted file is fresh for (content is addressed by its hash).
 const ADOPTED_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The two silos Shimmie serves; their names are also the top-level directories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Silo {
-    Images = 0,
-    Thumbs = 1,
-}
+pub use crate::object::{Md5, ObjectRef, Silo};
 
-impl Silo {
-    pub const ALL: [Silo; 2] = [Silo::Images, Silo::Thumbs];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Silo::Images => "_images",
-            Silo::Thumbs => "_thumbs",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Silo> {
-        match s {
-            "_images" => Some(Silo::Images),
-            "_thumbs" => Some(Silo::Thumbs),
-            _ => None,
-        }
-    }
-
-    fn from_byte(b: u8) -> Option<Silo> {
-        match b {
-            0 => Some(Silo::Images),
-            1 => Some(Silo::Thumbs),
-            _ => None,
-        }
-    }
-}
-
-/// One object's identity: a silo and a 32-hex md5. The only thing that becomes a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ObjectRef {
-    pub silo: Silo,
-    pub md5: [u8; 16],
-}
-
-/// Parses 32 lowercase hex digits.
-pub fn parse_md5(hex: &str) -> Option<[u8; 16]> {
-    let b = hex.as_bytes();
-    if b.len() != 32 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = nibble(b[2 * i])? << 4 | nibble(b[2 * i + 1])?;
-    }
-    Some(out)
-}
-
+/// Where an object lives in the cache directory.
 impl ObjectRef {
-    pub fn new(silo: Silo, hash: &str) -> Option<ObjectRef> {
-        Some(ObjectRef {
-            silo,
-            md5: parse_md5(hash)?,
-        })
-    }
-
-    /// The object a pingora key names, if it is exactly `<silo>/<32 lowercase hex>` with no
-    /// variance and no hash override (so that the path and the key hash agree).
-    pub fn from_key(key: &CacheKey) -> Option<ObjectRef> {
-        let (silo, hash) = key.primary_key_str()?.split_once('/')?;
-        let obj = ObjectRef::new(Silo::parse(silo)?, hash)?;
-        let plain = key.variance_bin().is_none() && key.primary_bin() == obj.key_hash();
-        plain.then_some(obj)
-    }
-
-    pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(32);
-        for b in self.md5 {
-            s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-        }
-        s
-    }
-
-    /// The pingora key this object is stored under (`<silo>/<hash>`, no user tag).
-    pub fn cache_key(&self) -> CacheKey {
-        CacheKey::new(format!("{}/{}", self.silo.as_str(), self.hex()), "")
-    }
-
-    /// The pingora hash of [`Self::cache_key`]: what purges and the index go by.
-    pub fn key_hash(&self) -> HashBinary {
-        hash_key(format!("{}/{}", self.silo.as_str(), self.hex()))
-    }
-
     /// `<silo>/<ab>/<cd>`, relative to the cache directory.
     pub fn rel_dir(&self) -> PathBuf {
         let hex = self.hex();
@@ -144,12 +52,14 @@ impl ObjectRef {
     }
 
     pub fn path(&self, dir: &Path) -> PathBuf {
-        dir.join(self.rel_dir()).join(self.hex())
+        dir.join(self.rel_dir()).join(&*self.hex())
     }
 
     /// Index of this object's leaf directory among all `2 * 65536` of them.
     pub(crate) fn dir_slot(&self) -> usize {
-        (self.silo as usize) << 16 | usize::from(self.md5[0]) << 8 | usize::from(self.md5[1])
+        usize::from(self.silo.to_byte()) << 16
+            | usize::from(self.md5.0[0]) << 8
+            | usize::from(self.md5.0[1])
     }
 }
 
@@ -245,8 +155,8 @@ pub(crate) fn encode(
     buf[24..28].copy_from_slice(&body_crc.unwrap_or(0).to_le_bytes());
     buf[28..32].copy_from_slice(&u32::try_from(meta.internal.len()).ok()?.to_le_bytes());
     buf[32..36].copy_from_slice(&u32::try_from(meta.header.len()).ok()?.to_le_bytes());
-    buf[36] = obj.silo as u8;
-    buf[37..53].copy_from_slice(&obj.md5);
+    buf[36] = obj.silo.to_byte();
+    buf[37..53].copy_from_slice(&obj.md5.0);
     let i = FIXED_LEN + meta.internal.len();
     buf[FIXED_LEN..i].copy_from_slice(&meta.internal);
     buf[i..i + meta.header.len()].copy_from_slice(&meta.header);
@@ -318,10 +228,10 @@ pub(crate) fn decode(buf: &[u8], expected: &ObjectRef) -> Result<Header, Corrupt
     }
     let mut md5 = [0u8; 16];
     md5.copy_from_slice(&buf[37..53]);
-    let obj = ObjectRef {
-        silo: Silo::from_byte(buf[36]).ok_or(Corrupt::WrongObject)?,
-        md5,
-    };
+    let obj = ObjectRef::new(
+        Silo::from_byte(buf[36]).ok_or(Corrupt::WrongObject)?,
+        Md5(md5),
+    );
     if obj != *expected {
         return Err(Corrupt::WrongObject);
     }

@@ -17,7 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use pingora_cache::key::HashBinary;
 
-use super::format::{ObjectRef, Silo};
+use super::format::{Md5, ObjectRef, Silo};
 
 const NIL: u32 = u32::MAX;
 /// Objects are charged in blocks of this many bytes (what a filesystem allocates).
@@ -43,7 +43,7 @@ impl Rec {
 
 #[derive(Clone, Copy)]
 struct Node {
-    md5: [u8; 16],
+    md5: Md5,
     silo: Silo,
     blocks: u32,
     prev: u32,
@@ -53,10 +53,7 @@ struct Node {
 impl Node {
     fn rec(&self) -> Rec {
         Rec {
-            obj: ObjectRef {
-                silo: self.silo,
-                md5: self.md5,
-            },
+            obj: ObjectRef::new(self.silo, self.md5),
             blocks: self.blocks,
         }
     }
@@ -246,15 +243,12 @@ mod tests {
     use super::*;
 
     fn rec(n: u8, blocks: u32) -> (HashBinary, Rec) {
-        let obj = ObjectRef {
-            silo: Silo::Images,
-            md5: [n; 16],
-        };
+        let obj = ObjectRef::new(Silo::Images, Md5([n; 16]));
         (obj.key_hash(), Rec { obj, blocks })
     }
 
     fn order(ix: &Index) -> Vec<u8> {
-        ix.iter_mru().map(|r| r.obj.md5[0]).collect()
+        ix.iter_mru().map(|r| r.obj.md5.0[0]).collect()
     }
 
     #[test]
@@ -272,8 +266,8 @@ mod tests {
         assert!(!ix.insert_cold(k, r));
         assert_eq!(order(&ix), [1, 3, 2, 4]);
         assert_eq!(ix.bytes(), 5 * BLOCK);
-        assert_eq!(ix.pop_lru().map(|(_, r)| r.obj.md5[0]), Some(4));
-        assert_eq!(ix.pop_lru().map(|(_, r)| r.obj.md5[0]), Some(2));
+        assert_eq!(ix.pop_lru().map(|(_, r)| r.obj.md5.0[0]), Some(4));
+        assert_eq!(ix.pop_lru().map(|(_, r)| r.obj.md5.0[0]), Some(2));
         assert_eq!(ix.bytes(), 2 * BLOCK);
         assert_eq!(ix.len(), 2);
     }

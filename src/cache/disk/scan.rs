@@ -17,7 +17,7 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use super::format::{ObjectRef, Silo};
+use super::format::{Md5, ObjectRef, Silo};
 use super::index::{blocks_for, Rec};
 use super::io::{self, Found, Inspected};
 use super::DiskStorage;
@@ -160,7 +160,10 @@ fn scan_ab(store: &DiskStorage, silo: Silo, ab: u8, tally: &mut Tally) {
             let name = f.file_name();
             let Some(obj) = name.to_str().and_then(|n| {
                 let placed = n.get(0..2) == Some(ab_hex.as_str()) && n.get(2..4) == Some(cd_hex);
-                placed.then(|| ObjectRef::new(silo, n)).flatten()
+                placed
+                    .then(|| Md5::parse(n).ok())
+                    .flatten()
+                    .map(|md5| ObjectRef::new(silo, md5))
             }) else {
                 continue; // not an object path: leave it alone
             };

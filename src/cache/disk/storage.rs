@@ -27,24 +27,8 @@ use crate::cache::declared_len;
 use crate::cache::stream::StreamFill;
 
 impl DiskStorage {
-    fn active_fill(&self, key: &HashBinary) -> Option<Arc<StreamFill>> {
-        let fills = self.fills.read();
-        fills
-            .get(key)?
-            .iter()
-            .filter(|f| f.is_attachable())
-            .max_by_key(|f| f.id)
-            .cloned()
-    }
-
     fn forget_fill(&self, fill: &StreamFill) {
-        let mut fills = self.fills.write();
-        if let Some(list) = fills.get_mut(&fill.key) {
-            list.retain(|f| f.id != fill.id);
-            if list.is_empty() {
-                fills.remove(&fill.key);
-            }
-        }
+        self.fills.forget(fill);
     }
 
     /// Purges the object an index key names (a purge by hash): its fills in progress and,
@@ -202,7 +186,7 @@ impl Storage for DiskStorage {
         let Some(obj) = ObjectRef::from_key(key) else {
             return Ok(None);
         };
-        if let Some(fill) = self.active_fill(&obj.key_hash()) {
+        if let Some(fill) = self.fills.active(&obj.key_hash()) {
             return fill.hit().map(Some);
         }
         Ok(self
@@ -223,11 +207,7 @@ impl Storage for DiskStorage {
         let Ok(id) = U64WriteId::try_from(tag).map(u64::from) else {
             return Ok(None);
         };
-        let fill = self
-            .fills
-            .read()
-            .get(&key.combined_bin())
-            .and_then(|list| list.iter().find(|f| f.id == id).cloned());
+        let fill = self.fills.by_id(&key.combined_bin(), id);
         fill.map(|f| f.hit()).transpose()
     }
 
@@ -252,11 +232,7 @@ impl Storage for DiskStorage {
             false,
             0,
         ));
-        self.fills
-            .write()
-            .entry(fill.key)
-            .or_default()
-            .push(fill.clone());
+        self.fills.insert(fill.clone());
         Ok(Box::new(DiskMissHandler {
             store: self,
             writer: Some(writer),

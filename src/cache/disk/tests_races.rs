@@ -44,7 +44,11 @@ fn assert_index_matches_dir(s: &'static DiskStorage, dir: &Path, ctx: &str) {
         }
     }
     let books = s.books.lock();
-    let indexed: BTreeSet<_> = books.index.iter_mru().map(|r| r.obj.hex()).collect();
+    let indexed: BTreeSet<_> = books
+        .index
+        .iter_mru()
+        .map(|r| r.obj.hex().to_string())
+        .collect();
     assert_eq!(files, indexed, "{ctx}: files on disk vs index entries");
     let charged: u64 = books.index.iter_mru().map(|r| r.bytes()).sum();
     assert_eq!(books.index.bytes(), charged, "{ctx}: byte count");

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use pingora_cache::Storage;
 
-use super::format::{ObjectRef, Silo};
+use super::format::{Md5, ObjectRef, Silo};
 use super::index::BLOCK;
 use super::tests::{body, get, hex, key, obj, open, put, read_all, span};
 use super::*;
@@ -99,7 +99,7 @@ async fn scan_removes_corrupt_short_and_unknown_files_and_leaves_strangers_alone
 #[tokio::test]
 async fn shm_cached_file_is_adopted_and_served_with_sniffed_type_and_mtime() {
     let dir = tempfile::tempdir().unwrap();
-    let o = ObjectRef::new(Silo::Thumbs, &hex(40)).unwrap();
+    let o = ObjectRef::new(Silo::Thumbs, Md5::parse(&hex(40)).unwrap());
     let lm = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
     let bytes = jpeg(30_000);
     legacy(dir.path(), &o, &bytes, lm);

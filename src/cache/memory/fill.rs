@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, StatusCode};
 use pingora_cache::key::HashBinary;
 use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{HandleHit, HandleMiss, HitHandler, MissFinishType};
@@ -66,6 +65,21 @@ pub(super) struct Fill {
     storage: &'static MemoryStorage,
 }
 
+impl crate::cache::fills::Registered for Fill {
+    fn key(&self) -> &HashBinary {
+        &self.key
+    }
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn purged(&self) -> &AtomicBool {
+        &self.purged
+    }
+    fn is_attachable(&self) -> bool {
+        Fill::is_attachable(self)
+    }
+}
+
 impl Fill {
     pub(super) fn new(
         storage: &'static MemoryStorage,
@@ -113,24 +127,6 @@ impl Drop for Fill {
     }
 }
 
-/// The declared body length, when the response has one that the body must match.
-fn declared_len(meta: &CacheMeta) -> Option<usize> {
-    let resp = meta.response_header();
-    let bodyless = resp.status.is_informational()
-        || resp.status == StatusCode::NO_CONTENT
-        || resp.status == StatusCode::NOT_MODIFIED;
-    if bodyless || resp.headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
-    }
-    resp.headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Writes one fill. Dropping it without `finish()` aborts the fill.
 pub(super) struct MemoryMissHandler {
     fill: Arc<Fill>,
@@ -140,10 +136,10 @@ pub(super) struct MemoryMissHandler {
 }
 
 impl MemoryMissHandler {
-    pub(super) fn new(fill: Arc<Fill>, meta: &CacheMeta) -> Self {
+    pub(super) fn new(fill: Arc<Fill>, expected_len: Option<u64>) -> Self {
         Self {
             tag: fill.id.into(),
-            expected_len: declared_len(meta),
+            expected_len: expected_len.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
             fill,
             finished: false,
         }

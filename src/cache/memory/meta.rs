@@ -44,22 +44,31 @@ static EMPTY_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
 });
 
 impl StoredMeta {
+    /// For a fill of the memory tier alone. Pingora serializes the internal part only
+    /// together with the header (zstd), so the header's bytes are made and dropped here;
+    /// a tiered fill serializes once for the disk and uses [`Self::from_parts`].
     pub(super) fn from_meta(meta: &CacheMeta) -> Result<Self> {
         let (internal, _header) = meta.serialize()?;
-        // What the decoded header map holds, plus a small per-header allowance for its
-        // bookkeeping: charged like the rest, so the budget stays honest.
-        let decoded_bytes = meta
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        Ok(Self {
+        Ok(Self::from_parts(internal, meta))
+    }
+
+    /// From the internal part already serialized (for the disk tier) and the meta it
+    /// came from: nothing is encoded again.
+    pub(crate) fn from_parts(internal: Vec<u8>, meta: &CacheMeta) -> Self {
+        Self {
             internal,
             decoded_header: meta.response_header_copy(),
-            decoded_bytes,
+            decoded_bytes: decoded_bytes(meta),
             fresh_until: meta.fresh_until(),
             epoch: meta.epoch(),
-        })
+        }
+    }
+
+    /// What [`Self::len`] will be for `meta`, give or take the internal part (a few
+    /// dozen bytes of msgpack, within the tiered store's per-object allowance), without
+    /// serializing anything.
+    pub(crate) fn estimated_len(meta: &CacheMeta) -> usize {
+        decoded_bytes(meta)
     }
 
     pub(super) fn to_meta(&self) -> Result<CacheMeta> {
@@ -74,7 +83,16 @@ impl StoredMeta {
         Ok(meta)
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.internal.len() + self.decoded_bytes
     }
+}
+
+/// What the decoded header map holds, plus a small per-header allowance for its
+/// bookkeeping: charged like the rest, so the budget stays honest.
+fn decoded_bytes(meta: &CacheMeta) -> usize {
+    meta.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }

@@ -13,6 +13,7 @@ use pingora_error::Result;
 use super::{TieredStorage, TAG_PREFIX};
 use crate::cache::declared_len;
 use crate::cache::disk::{DiskError, DiskStorage, DiskWriter, MetaBytes, ObjectRef};
+use crate::cache::memory::StoredMeta;
 use crate::cache::stream::{FillError, StreamFill};
 
 pub(super) fn parse_tag(tag: &[u8]) -> Option<u64> {
@@ -26,6 +27,9 @@ pub(super) struct TieredMissHandler {
     key: CacheKey,
     disk: Option<DiskWriter>,
     fill: Arc<StreamFill>,
+    /// The meta the memory tier takes at `finish`, made from the disk's serialization
+    /// (so the meta is encoded once per fill); `None` when the body cannot fit memory.
+    memory_meta: Option<StoredMeta>,
     expected: Option<u64>,
     tag: [u8; 9],
     finished: bool,
@@ -53,7 +57,8 @@ impl TieredMissHandler {
                 return Ok(None);
             }
         };
-        let buffer = expected.is_none_or(|l| store.fits_memory(l, meta_bytes.len()));
+        let memory_meta = StoredMeta::from_parts(meta_bytes.internal.clone(), meta);
+        let buffer = expected.is_none_or(|l| store.fits_memory(l, memory_meta.len()));
         let id = store.next_id.fetch_add(1, Ordering::Relaxed);
         let fill = Arc::new(StreamFill::new(
             obj.key_hash(),
@@ -63,12 +68,7 @@ impl TieredMissHandler {
             buffer,
             store.memory.max_object_bytes(),
         ));
-        store
-            .fills
-            .write()
-            .entry(fill.key)
-            .or_default()
-            .push(fill.clone());
+        store.fills.insert(fill.clone());
         let mut tag = [TAG_PREFIX; 9];
         tag[1..].copy_from_slice(&id.to_le_bytes());
         Ok(Some(Self {
@@ -76,6 +76,7 @@ impl TieredMissHandler {
             key: key.clone(),
             disk: Some(writer),
             fill,
+            memory_meta: buffer.then_some(memory_meta),
             expected,
             tag,
             finished: false,
@@ -147,15 +148,11 @@ impl HandleMiss for TieredMissHandler {
         }
         let memory_body = self.fill.memory_body();
         let purged = || self.fill.purged.load(Ordering::Acquire);
-        if let (Some(chunks), false) = (memory_body, purged()) {
+        let memory_meta = self.memory_meta.take();
+        if let (Some(chunks), Some(meta), false) = (memory_body, memory_meta, purged()) {
             let body_len: usize = chunks.iter().map(Bytes::len).sum();
-            if self
-                .store
-                .fits_memory(body_len as u64, self.fill.meta.len())
-                && self
-                    .store
-                    .insert_memory(&self.key, &self.fill.meta, chunks)
-                    .await
+            if self.store.fits_memory(body_len as u64, meta.len())
+                && self.store.insert_memory(self.fill.key, meta, chunks).await
             {
                 charged += body_len as u64;
                 if purged() {

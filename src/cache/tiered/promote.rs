@@ -3,7 +3,6 @@
 
 use std::any::Any;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,7 +13,11 @@ use pingora_cache::{CacheKey, Storage};
 use pingora_error::Result;
 
 use super::TieredStorage;
-use crate::cache::disk::{DiskHit, MetaBytes, ObjectRef};
+use pingora_cache::key::HashBinary;
+
+use crate::cache::disk::DiskHit;
+use crate::cache::memory::StoredMeta;
+use crate::object::ObjectRef;
 
 /// A disk hit that copies the body into memory when the client reads all of it, or
 /// has it read again in the background otherwise (HEAD, Range, an early stop).
@@ -24,8 +27,8 @@ pub(super) struct TieredHit {
     inner: DiskHit,
     /// Chunks so far, while the whole body is being read in order.
     collect: Option<Vec<Bytes>>,
-    /// Promotion is still to be done.
-    promote: bool,
+    /// The meta for the memory tier while promotion is still to be done.
+    promote: Option<StoredMeta>,
 }
 
 impl TieredHit {
@@ -33,20 +36,20 @@ impl TieredHit {
         store: &'static TieredStorage,
         key: CacheKey,
         inner: DiskHit,
-        promote: bool,
+        promote: Option<StoredMeta>,
     ) -> Self {
         Self {
             store,
             key,
             inner,
-            collect: promote.then(Vec::new),
+            collect: promote.is_some().then(Vec::new),
             promote,
         }
     }
 }
 
 impl TieredStorage {
-    async fn promote_now(&self, key: &CacheKey, meta: &MetaBytes, chunks: Vec<Bytes>) {
+    async fn promote_now(&self, key: HashBinary, meta: StoredMeta, chunks: Vec<Bytes>) {
         self.counters.promotions.fetch_add(1, Ordering::Relaxed);
         self.insert_memory(key, meta, chunks).await;
     }
@@ -70,10 +73,10 @@ impl TieredStorage {
         let (Some(disk), Some(obj)) = (self.disk, ObjectRef::from_key(key)) else {
             return;
         };
-        let Some((_, mut hit)) = disk.lookup_object(obj).await else {
+        let Some((meta, mut hit)) = disk.lookup_object(obj).await else {
             return;
         };
-        let meta: Arc<MetaBytes> = hit.meta_bytes();
+        let meta = StoredMeta::from_parts(hit.meta_bytes().internal.clone(), &meta);
         if !self.fits_memory(hit.body_len(), meta.len()) {
             return;
         }
@@ -85,7 +88,7 @@ impl TieredStorage {
                 Err(_) => return,
             }
         }
-        self.promote_now(key, &meta, chunks).await;
+        self.promote_now(key.combined_bin(), meta, chunks).await;
     }
 }
 
@@ -103,9 +106,11 @@ impl HandleHit for TieredHit {
                 if let Some(chunks) = self.collect.take() {
                     let got: usize = chunks.iter().map(Bytes::len).sum();
                     if got as u64 == self.inner.body_len() {
-                        self.promote = false;
-                        let meta = self.inner.meta_bytes();
-                        self.store.promote_now(&self.key, &meta, chunks).await;
+                        if let Some(meta) = self.promote.take() {
+                            self.store
+                                .promote_now(self.key.combined_bin(), meta, chunks)
+                                .await;
+                        }
                     }
                 }
                 Ok(None)
@@ -113,7 +118,7 @@ impl HandleHit for TieredHit {
             Err(e) => {
                 // A body that failed its checks is never promoted.
                 self.collect = None;
-                self.promote = false;
+                self.promote = None;
                 Err(e)
             }
         }
@@ -125,7 +130,7 @@ impl HandleHit for TieredHit {
         _key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<()> {
-        if self.promote {
+        if self.promote.is_some() {
             self.store.promote_later(self.key);
         }
         Ok(())

@@ -10,7 +10,7 @@ use pingora_cache::{CacheKey, CacheMeta, Storage};
 use pingora_http::ResponseHeader;
 
 use super::*;
-use crate::cache::disk::tests::{body, hex, key, meta_with, obj, open, read_all, span};
+use crate::cache::disk::tests::{body, key, meta_with, obj, open, read_all, span};
 use crate::cache::memory::MemoryStorage;
 
 /// Memory tier of 4 MiB taking objects up to 64 KiB, over a disk tier in `dir`.
@@ -270,20 +270,19 @@ async fn unwritable_disk_means_memory_only_fills_that_still_serve() {
 }
 
 #[tokio::test]
-async fn purge_hash_removes_an_image_from_every_tier_and_refuses_non_hashes() {
+async fn purge_hash_removes_an_image_from_every_tier() {
     let dir = tempfile::tempdir().unwrap();
     let t = tiered(dir.path());
     put(t, &key(16), &body(1000, 16)).await;
-    let thumb = CacheKey::new(format!("_thumbs/{}", hex(16)), "");
+    let thumb = ObjectRef::new(Silo::Thumbs, obj(16).md5).cache_key();
     put(t, &thumb, &body(500, 17)).await;
-    assert!(t.purge_hash(&hex(16)).await.unwrap());
+    assert!(t.purge_hash(obj(16).md5));
     assert!(hit(t, &key(16)).await.is_none());
     assert!(hit(t, &thumb).await.is_none());
     assert!(!obj(16).path(dir.path()).exists());
-    assert!(!t.purge_hash(&hex(16)).await.unwrap());
-    assert!(t.purge_hash_now("../../etc").is_err());
+    assert!(!t.purge_hash(obj(16).md5));
     put(t, &key(16), b"again").await;
-    assert!(t.purge_hash_now(&hex(16)).unwrap());
+    assert!(t.purge_hash(obj(16).md5));
     assert!(!obj(16).path(dir.path()).exists());
 }
 
@@ -298,7 +297,7 @@ async fn purge_during_a_fill_keeps_it_out_of_both_tiers() {
     miss.write_body(Bytes::from_static(b"banned"), true)
         .await
         .unwrap();
-    assert!(t.purge_hash(&hex(18)).await.unwrap());
+    assert!(t.purge_hash(obj(18).md5));
     miss.finish().await.unwrap();
     assert!(hit(t, &key(18)).await.is_none());
     assert!(!obj(18).path(dir.path()).exists());
@@ -326,5 +325,5 @@ async fn without_a_disk_the_tiered_store_is_the_memory_tier() {
     let (_, mut h) = hit(t, &key(20)).await.unwrap();
     assert_eq!(read_all(&mut h).await.unwrap(), b"only memory");
     assert_eq!(t.max_file_size_bytes(123), 123);
-    assert!(t.purge_hash_now(&hex(20)).unwrap());
+    assert!(t.purge_hash(obj(20).md5));
 }
