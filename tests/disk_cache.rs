@@ -48,13 +48,6 @@ impl Setup {
     }
 }
 
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
 async fn get(c: &Client, url: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
     let mut req = c.get(url);
     for (k, v) in headers {

@@ -7,17 +7,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn client() -> Client {
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
 
 fn start_mirror(work: &TempDir, origins: Vec<String>, extra_origin: &str) -> Mirror {
     let port = free_port();

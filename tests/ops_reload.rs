@@ -513,6 +513,8 @@ fn held_origin(body: Vec<u8>) -> (SocketAddr, mpsc::Receiver<()>, mpsc::Sender<(
         let _ = release_rx.recv_timeout(Duration::from_secs(60));
         let _ = s.write_all(&body[half..]);
         let _ = s.flush();
+        // Not a wait for an assertion: the socket stays open a moment so the mirror
+        // reads the whole body before it sees the close.
         std::thread::sleep(Duration::from_millis(200));
     });
     (addr, got_rx, release_tx)

@@ -8,13 +8,11 @@
 //! only exists so a broken build fails instead of hanging.
 
 mod common;
-#[path = "common/db.rs"]
-mod db;
 
 use std::time::{Duration, Instant};
 
+use common::db::{DbServer, Shimmie};
 use common::*;
-use db::{DbServer, Shimmie};
 use reqwest::{Client, StatusCode};
 use shimmer::fleet::{Algorithm, FleetSpec, FleetView, Silo};
 
@@ -25,14 +23,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// A measured latency for a printed line: `112 ms`.
 fn shown(d: Duration) -> String {
     format!("{} ms", d.as_millis())
-}
-
-fn client() -> Client {
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
 }
 
 fn template(opts: &str) -> String {
@@ -141,17 +131,17 @@ impl Rig {
 /// assert on). Panics if it still answers something else after [`DEADLINE`].
 async fn until_status(c: &Client, url: &str, want: u16) -> Duration {
     let started = Instant::now();
-    loop {
-        let got = c.get(url).send().await.map(|r| r.status().as_u16());
-        if got.as_ref().ok() == Some(&want) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{url} still answers {got:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let got = &std::cell::RefCell::new(None);
+    let answered = eventually_async(DEADLINE, || async move {
+        let status = c.get(url).send().await.map(|r| r.status().as_u16());
+        let ok = status.as_ref().ok() == Some(&want);
+        *got.borrow_mut() = Some(status);
+        ok.then_some(())
+    });
+    if answered.await.is_none() {
+        panic!("{url} still answers {:?}, want {want}", got.borrow());
     }
+    started.elapsed()
 }
 
 /// A hash whose owners under `before` exclude `node` and whose primary under `after`
@@ -202,24 +192,14 @@ async fn weights_bans_and_broken_templates(db: &Shimmie, dsn: &str, engine: &str
     db.ban(&hash).await;
     // The disk fill renames into place just after the response; a ban racing it is a
     // known gap (see the closing note), so wait for the file first.
-    let started = Instant::now();
-    while !on_disk(&rig.cache_dir, &hash) {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the image was not cached on disk"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let cached = || std::future::ready(on_disk(&rig.cache_dir, &hash).then_some(()));
+    let cached = eventually_async(DEADLINE, cached).await;
+    assert!(cached.is_some(), "the image was not cached on disk");
     let took = until_status(&c, &rig.url(&hash), 404).await;
     println!("{engine}: ban in force at the mirror after {}", shown(took));
-    let started = Instant::now();
-    while on_disk(&rig.cache_dir, &hash) {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the banned image's cache file stayed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gone = || std::future::ready((!on_disk(&rig.cache_dir, &hash)).then_some(()));
+    let gone = eventually_async(DEADLINE, gone).await;
+    assert!(gone.is_some(), "the banned image's cache file stayed");
     let before_unban = rig.origin.requests().await;
     db.unban(&hash).await;
     until_status(&c, &rig.url(&hash), 200).await;
@@ -232,20 +212,13 @@ async fn weights_bans_and_broken_templates(db: &Shimmie, dsn: &str, engine: &str
     // A template Shimmie itself would refuse: the view stays, the error is counted.
     db.set_config("image_ilink", Some(&template("a=1=2,b=1")))
         .await;
-    let started = Instant::now();
-    loop {
+    let counted = eventually_async(DEADLINE, || async {
         let m = rig.metrics().await;
-        if m.lines()
+        m.lines()
             .any(|l| l.starts_with("shimmer_sync_template_errors_total 1"))
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "no template error counted:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .then_some(())
+    });
+    assert!(counted.await.is_some(), "no template error counted");
     let r = c.get(rig.url(&hash)).send().await.expect("request");
     assert_eq!(
         r.status(),
@@ -323,17 +296,20 @@ async fn database_killed_under_load_fails_no_request_and_catches_up() {
                 failures += 1;
             }
         }
+        // Part of what is tested: requests spread over the outage, not one burst.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(failures, 0, "requests failed while the database was down");
-    let started = Instant::now();
-    while !rig.metrics().await.contains("shimmer_sync_up 0") {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "sync still reported up with the database gone"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let down = eventually_async(DEADLINE, || async {
+        rig.metrics()
+            .await
+            .contains("shimmer_sync_up 0")
+            .then_some(())
+    });
+    assert!(
+        down.await.is_some(),
+        "sync still reported up with the database gone"
+    );
 
     server.start();
     let db = Shimmie::connect(&server.dsn()).await;

@@ -7,8 +7,7 @@
 //! No test asserts on timing: latencies are printed (see `-- --nocapture`) and the
 //! assertions are on state, waited for up to [`DEADLINE`] so that nothing hangs.
 
-#[path = "common/db.rs"]
-mod db;
+mod common;
 
 use std::io;
 use std::path::PathBuf;
@@ -22,7 +21,7 @@ use shimmer::object::Md5;
 use shimmer::shimmie::{self, persist, Bans, Change, ShimmieSettings, Source, SourceError};
 use shimmer::sync::{SyncOptions, SyncService, SyncStatus, SyncTarget};
 
-use db::{DbServer, Shimmie};
+use common::db::{self, DbServer, Shimmie};
 
 const T_A: &str = "https://m-{a=5,b=5}.example.com/_images/$hash/$id%20-%20$tags.$ext";
 const T_B: &str = "https://m-{a=1,b=9,c=10}.example.com/_images/$hash/$id%20-%20$tags.$ext";
@@ -195,13 +194,35 @@ impl Running {
 /// never to assert on. Panics naming `what` if it is still false after [`DEADLINE`].
 async fn eventually(what: &str, mut probe: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    loop {
-        if probe() {
-            return start.elapsed();
+    let seen = common::eventually_async(DEADLINE, || {
+        let now = probe();
+        async move { now.then_some(()) }
+    });
+    assert!(seen.await.is_some(), "{what}: never happened");
+    start.elapsed()
+}
+
+/// Waits until the service has finished `n` more successful rounds (its
+/// `last_success` moved `n` times): how a test knows later polls have seen a state,
+/// instead of sleeping for a few intervals and hoping they ran.
+async fn rounds(r: &Running, n: u32) {
+    let mut last = r.status().last_success;
+    let mut moved = 0;
+    eventually("more sync rounds", || {
+        let now = r.status().last_success;
+        if now != last {
+            (last, moved) = (now, moved + 1);
         }
-        assert!(start.elapsed() <= DEADLINE, "{what}: never happened");
-        tokio::time::sleep(ms(5)).await;
-    }
+        moved >= n
+    })
+    .await;
+}
+
+/// Waits until the service has failed `n` more rounds, so it is known to have kept
+/// trying.
+async fn failed_rounds(r: &Running, n: u64) {
+    let target = r.status().sync_errors + n;
+    eventually("more failed rounds", || r.status().sync_errors >= target).await;
 }
 
 // ---------------------------------------------------------------- log capture
@@ -336,6 +357,7 @@ async fn postgres_notification_wakes_the_wait() {
     // A Shimmie-style save (DELETE + INSERT + NOTIFY config in one transaction).
     let started = Instant::now();
     let (change, ()) = tokio::join!(wait(DEADLINE), async {
+        // Part of what is tested: the write lands while the wait is already blocked.
         tokio::time::sleep(ms(200)).await;
         env.db.set_config("image_ilink", Some(T_B)).await;
     });
@@ -463,7 +485,7 @@ async fn check_service(env: Env) {
     // A broken template: the view stays, the error is counted and logged.
     env.db.set_config("image_ilink", Some(BROKEN)).await;
     eventually("template error", || r.status().template_errors == 1).await;
-    tokio::time::sleep(interval * 2).await;
+    rounds(&r, 2).await;
     let s = r.status();
     // Counted once, however many polls see it.
     assert_eq!((s.view_version, s.template_errors), (2, 1), "{e}");
@@ -525,7 +547,7 @@ async fn check_restart(mut env: Env) {
     eprintln!("{e}: while down: {:?}", s.last_error);
     assert!(s.last_error.is_some() && s.view_version == 1, "{e}: {s:?}");
     assert_eq!(t.ilink().as_deref(), Some(T_A), "{e}: the view stays");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    failed_rounds(&r, 2).await;
     assert!(!r.task.is_finished(), "{e}: never exits on database errors");
 
     // Back, and a ban arrives before the service has reconnected.

@@ -1,0 +1,132 @@
+//! Starting and stopping `shimmer` processes: a child killed on drop with its output in
+//! a log file, and waits on its listeners and log lines.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::http::{peer_der, tls_connect};
+use super::{eventually, BIN};
+
+/// A child process that is killed when dropped, with its output in a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start shimmer");
+        Proc { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Like [`Proc::spawn`], but without RUST_LOG, so the config's `log_level` rules.
+    pub fn spawn_without_rust_log(args: &[&str], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start shimmer");
+        Proc { child, log }
+    }
+
+    /// Waits (bounded) for the process to exit; its exit status, or `None` if it runs on.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        eventually(within, || self.child.try_wait().ok().flatten())
+    }
+}
+
+/// Waits until something accepts on `addr`, or panics with the process's log (at once
+/// when the process has exited, or has logged that another process holds `addr`).
+pub fn wait_for_port(proc: &mut Proc, addr: SocketAddr, what: &str) {
+    wait_for_listener(proc, addr, what, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
+}
+
+/// Waits until a TLS handshake on `addr` completes (with the certificate `der` when
+/// given, so the listener is known to be this process's): a listening socket alone
+/// does not say the TLS acceptor behind it is the one the test configured.
+pub fn wait_for_tls(proc: &mut Proc, addr: SocketAddr, der: Option<&[u8]>, what: &str) {
+    wait_for_listener(proc, addr, what, || {
+        tls_connect(addr, None, None).is_ok_and(|s| der.is_none_or(|d| peer_der(&s) == d))
+    })
+}
+
+fn wait_for_listener(proc: &mut Proc, addr: SocketAddr, what: &str, up: impl Fn() -> bool) {
+    let log = proc.log.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if !proc.is_running() {
+            panic!(
+                "{what} exited before listening on {addr}; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        // Pingora retries a bind that finds the address taken; meanwhile whatever holds
+        // it would answer this test.
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&format!("{addr} is in use")) {
+            panic!("{what}: another process holds {addr}; its log:\n{text}");
+        }
+        if up() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what} did not listen on {addr}; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Waits up to `timeout` for a line containing `needle` in the process's log.
+pub fn wait_for_log(proc: &Proc, needle: &str, timeout: Duration) -> Option<String> {
+    eventually(timeout, || {
+        let text = proc.log_text();
+        text.lines().find(|l| l.contains(needle)).map(str::to_owned)
+    })
+}
