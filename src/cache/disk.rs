@@ -39,6 +39,7 @@
 //! they hold at that moment).
 
 pub mod format;
+mod fs;
 pub(crate) mod index;
 mod io;
 mod legacy;
@@ -63,13 +64,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;
-use pingora_error::{Error, ErrorType};
 
 pub use format::{MetaBytes, ObjectRef, Silo};
 pub use io::{DiskHit, DiskWriter};
 pub use storage::seed_object;
 
 use crate::cache::stream::StreamFill;
+use crate::cache::CacheError;
 use crate::cache::FillRegistry;
 use crate::cache::{unix_now, LogEvery};
 use format::Corrupt;
@@ -87,41 +88,6 @@ pub struct DiskConfig {
     pub max_object_bytes: u64,
     /// fsync each file and its directory before it becomes visible.
     pub fsync: bool,
-}
-
-/// What went wrong in the disk tier.
-#[derive(Debug, thiserror::Error)]
-pub enum DiskError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Corrupt { path: PathBuf, reason: Corrupt },
-    #[error("not a cacheable object key (expected <silo>/<32 lowercase hex>)")]
-    BadKey,
-    #[error("the disk tier takes no writes for now (recent write errors)")]
-    Unavailable,
-    #[error("a {0}-byte body is over the disk tier's object limit")]
-    TooLarge(u64),
-    #[error("body is {written} bytes but Content-Length says {expected}")]
-    LengthMismatch { written: u64, expected: u64 },
-    #[error("a {0}-byte meta does not fit a cache file header")]
-    MetaTooLarge(usize),
-    #[error("purged while it was being written")]
-    Purged,
-}
-
-impl DiskError {
-    pub(crate) fn io(op: &'static str, path: PathBuf, source: std::io::Error) -> Self {
-        DiskError::Io { op, path, source }
-    }
-
-    pub(crate) fn into_pingora(self) -> Box<Error> {
-        Error::because(ErrorType::InternalError, "disk cache", self)
-    }
 }
 
 /// Numbers for Prometheus. Counters (`*_total` in spirit) are cumulative.
@@ -437,17 +403,17 @@ impl DiskStorage {
         obj: ObjectRef,
         meta: Arc<MetaBytes>,
         declared: Option<u64>,
-    ) -> Result<DiskWriter, DiskError> {
+    ) -> Result<DiskWriter, CacheError> {
         self.start_background();
         if !self.is_accepting_writes() {
-            return Err(DiskError::Unavailable);
+            return Err(CacheError::DiskUnavailable);
         }
         if let Some(len) = declared.filter(|&l| l > self.cfg.max_object_bytes) {
-            return Err(DiskError::TooLarge(len));
+            return Err(CacheError::TooLarge(len));
         }
         let header_len = format::header_len_for(meta.len());
         if header_len > format::MAX_HEADER_LEN {
-            return Err(DiskError::MetaTooLarge(meta.len()));
+            return Err(CacheError::MetaTooLarge(meta.len()));
         }
         let header_len = header_len as u64;
         let reserve = declared.map_or(0, |l| u64::from(blocks_for(header_len + l)) * BLOCK);

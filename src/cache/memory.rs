@@ -39,10 +39,11 @@ use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::Result;
 use tinyufo::TinyUfo;
 
 use crate::cache::declared_len;
+use crate::cache::CacheError;
 use crate::cache::FillRegistry;
 use fill::{Fill, MemoryMissHandler};
 use hit::CompleteHit;
@@ -59,32 +60,6 @@ pub const DEFAULT_MAX_OBJECT_BYTES: usize = 64 << 20;
 const MAX_OBJECT_FRACTION: usize = 8;
 /// Typical object size, used only to size TinyUFO's tables and frequency sketch.
 const ESTIMATED_OBJECT_BYTES: usize = 16 << 10;
-
-/// What went wrong inside the memory tier; surfaced to pingora as an `InternalError`.
-#[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
-    /// The writer of an in-progress object went away before `finish()`.
-    #[error("the fill of this object was abandoned before it completed")]
-    FillAborted,
-    /// A seek started at or past the end of the body.
-    #[error("seek to byte {start} is past the end of a {len}-byte body")]
-    SeekPastEnd { start: usize, len: usize },
-    /// A seek range ends before it starts.
-    #[error("seek range {start}..{end} ends before it starts")]
-    BadRange { start: usize, end: usize },
-    /// The body does not have the length the response header promised.
-    #[error("body is {written} bytes but Content-Length says {expected}")]
-    LengthMismatch { written: usize, expected: usize },
-    /// Body bytes arrived after the writer said the body had ended.
-    #[error("body data written after end of stream")]
-    WriteAfterEnd,
-}
-
-impl MemoryError {
-    fn into_pingora(self) -> Box<Error> {
-        Error::because(ErrorType::InternalError, "memory cache", self)
-    }
-}
 
 /// Counters for Prometheus. `evictions`, `evicted_bytes` and `rejected` are cumulative.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

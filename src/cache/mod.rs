@@ -8,13 +8,16 @@
 //! - [`tiered::TieredStorage`]: memory over disk; fills go to both, disk hits are
 //!   promoted into memory, a disk that cannot be written degrades to memory only.
 pub mod disk;
+mod error;
 pub(crate) mod fills;
 pub mod memory;
+mod meta;
 mod stream;
 pub mod tiered;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use error::CacheError;
 pub(crate) use fills::FillRegistry;
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -27,36 +27,14 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::storage::{HandleHit, HitHandler};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta, Storage};
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::Result;
 use tokio::sync::watch;
 
-use super::disk::format::MetaBytes;
+use super::meta::MetaBytes;
+use crate::cache::CacheError;
 
 /// Bytes read from a file per `read_body` call: big objects are never held whole.
 pub(crate) const READ_CHUNK: usize = 64 << 10;
-
-/// What went wrong for a writer or a reader of a fill.
-#[derive(Debug, thiserror::Error)]
-pub enum FillError {
-    #[error("the fill of this object was abandoned before it completed")]
-    Aborted,
-    #[error("body data written after end of stream")]
-    WriteAfterEnd,
-    #[error("seek to byte {start} is past the end of a {len}-byte body")]
-    SeekPastEnd { start: u64, len: u64 },
-    #[error("seek range {start}..{end} ends before it starts")]
-    BadRange { start: u64, end: u64 },
-    #[error("reading the cache file failed: {0}")]
-    Read(#[source] io::Error),
-    #[error("the disk failed and the rest of the body is over the {cap}-byte memory fallback")]
-    OverMemoryFallback { cap: usize },
-}
-
-impl FillError {
-    pub(crate) fn into_pingora(self) -> Box<Error> {
-        Error::because(ErrorType::InternalError, "cache fill", self)
-    }
-}
 
 /// Reads `n` bytes at `off` on the blocking pool. A file shorter than that is an
 /// `UnexpectedEof` error.
@@ -189,12 +167,12 @@ impl StreamFill {
     /// Records `data` as the next body bytes. `on_disk`: it has been written to the file
     /// at its offset. Fails when the fill cannot go on (written after the end, or the
     /// disk failed and memory cannot take the rest); the caller then aborts.
-    pub(crate) fn record(&self, data: Bytes, eof: bool, on_disk: bool) -> Result<(), FillError> {
+    pub(crate) fn record(&self, data: Bytes, eof: bool, on_disk: bool) -> Result<(), CacheError> {
         let mut outcome = Ok(());
         let cap = self.mem_cap;
         self.state.send_if_modified(|st| {
             if st.status != Status::Writing || (st.eof && !data.is_empty()) {
-                outcome = Err(FillError::WriteAfterEnd);
+                outcome = Err(CacheError::WriteAfterEnd);
                 return false;
             }
             st.eof |= eof;
@@ -219,7 +197,7 @@ impl StreamFill {
                 if st.disk_len == st.len {
                     st.mem = None; // too big for memory: readers go to the file
                 } else {
-                    outcome = Err(FillError::OverMemoryFallback { cap });
+                    outcome = Err(CacheError::OverMemoryFallback { cap });
                 }
             }
             true
@@ -281,7 +259,7 @@ enum Next {
     File(Arc<File>, u64, usize),
     Wait,
     End,
-    Fail(FillError),
+    Fail(CacheError),
 }
 
 /// A reader of a fill in progress; waits for bytes not yet written, also after a seek.
@@ -312,8 +290,8 @@ impl StreamHit {
         }
         match st.status {
             Status::Writing => Next::Wait,
-            Status::Aborted => Next::Fail(FillError::Aborted),
-            Status::Complete if self.sought => Next::Fail(FillError::SeekPastEnd {
+            Status::Aborted => Next::Fail(CacheError::Aborted),
+            Status::Complete if self.sought => Next::Fail(CacheError::SeekPastEnd {
                 start: self.pos,
                 len: st.len,
             }),
@@ -330,13 +308,13 @@ impl HandleHit for StreamHit {
                 Next::Bytes(b) => b,
                 Next::File(file, off, n) => read_chunk(file, off, n)
                     .await
-                    .map_err(|e| FillError::Read(e).into_pingora())?,
+                    .map_err(|e| CacheError::ReadFill(e).into_pingora())?,
                 Next::End => return Ok(None),
                 Next::Fail(e) => return Err(e.into_pingora()),
                 Next::Wait => {
                     // The sender lives in `self.fill`: this only fails if it is torn down.
                     if self.rx.changed().await.is_err() {
-                        return Err(FillError::Aborted.into_pingora());
+                        return Err(CacheError::Aborted.into_pingora());
                     }
                     continue;
                 }
@@ -363,11 +341,11 @@ impl HandleHit for StreamHit {
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         let (start, end) = (start as u64, end.map(|e| e as u64));
         if let Some(end) = end.filter(|&end| end < start) {
-            return Err(FillError::BadRange { start, end }.into_pingora());
+            return Err(CacheError::BadRange { start, end }.into_pingora());
         }
         let st = self.fill.state.borrow();
         if st.status == Status::Complete && start >= st.len {
-            let err = FillError::SeekPastEnd { start, len: st.len };
+            let err = CacheError::SeekPastEnd { start, len: st.len };
             return Err(err.into_pingora());
         }
         self.pos = start;

@@ -39,6 +39,7 @@ pub(crate) const MAX_HEADER_LEN: usize = 256 << 10;
 /// How long an adopted file is fresh for (content is addressed by its hash).
 const ADOPTED_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+pub use crate::cache::meta::MetaBytes;
 pub use crate::object::{Md5, ObjectRef, Silo};
 
 /// Where an object lives in the cache directory.
@@ -60,32 +61,6 @@ impl ObjectRef {
         usize::from(self.silo.to_byte()) << 16
             | usize::from(self.md5.0[0]) << 8
             | usize::from(self.md5.0[1])
-    }
-}
-
-/// Pingora's serialized meta: what the header stores and readers deserialize.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetaBytes {
-    pub internal: Vec<u8>,
-    pub header: Vec<u8>,
-}
-
-impl MetaBytes {
-    pub fn from_meta(meta: &CacheMeta) -> Result<Self> {
-        let (internal, header) = meta.serialize()?;
-        Ok(Self { internal, header })
-    }
-
-    pub fn to_meta(&self) -> Result<CacheMeta> {
-        CacheMeta::deserialize(&self.internal, &self.header)
-    }
-
-    pub fn len(&self) -> usize {
-        self.internal.len() + self.header.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -3,9 +3,9 @@
 //! (temp file, `pwrite`, header last, rename when complete).
 
 use std::any::Any;
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,8 +19,10 @@ use pingora_cache::{CacheKey, Storage};
 use pingora_error::Result;
 
 use super::format::{self, Corrupt, Header, MetaBytes, ObjectRef};
+use super::fs::FileId;
+pub(crate) use super::fs::{is_absent, remove_quietly};
 use super::publish::{Published, Ticket};
-use super::{legacy, DiskError, DiskStorage};
+use super::{legacy, CacheError, DiskStorage};
 use crate::cache::stream::{read_chunk, READ_CHUNK};
 use crate::media_type::{self, SNIFF_LEN};
 
@@ -88,34 +90,6 @@ pub(crate) fn inspect(
     Ok(Ok(Inspected::Legacy { content_type }))
 }
 
-/// Which file an object's path named when it was opened (device and inode). A step that
-/// acts on "the file at the path" later checks, under the key's lock, that the path still
-/// names it and not a file published since (`disk/publish.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    pub(crate) fn of(md: &Metadata) -> FileId {
-        FileId {
-            dev: md.dev(),
-            ino: md.ino(),
-        }
-    }
-
-    /// The regular file at `path` now (blocking): `Ok(None)` if there is none.
-    pub(crate) fn at(path: &Path) -> io::Result<Option<FileId>> {
-        match std::fs::metadata(path) {
-            Ok(md) if md.is_file() => Ok(Some(FileId::of(&md))),
-            Ok(_) => Ok(None),
-            Err(e) if is_absent(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
 /// A file opened for a hit, checked.
 pub(crate) struct Opened {
     pub file: File,
@@ -180,25 +154,6 @@ pub(crate) fn open_checked(path: &Path, obj: &ObjectRef, touch: bool) -> io::Res
     }))
 }
 
-pub(crate) fn is_absent(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    )
-}
-
-/// Unlinks `path`; whether a file was there.
-pub(crate) fn remove_quietly(path: &Path) -> bool {
-    match std::fs::remove_file(path) {
-        Ok(()) => true,
-        Err(e) if is_absent(&e) => false,
-        Err(e) => {
-            tracing::warn!("cannot remove cache file {}: {e}", path.display());
-            false
-        }
-    }
-}
-
 /// Reads a completed object's body from its file, 64 KiB at a time.
 pub struct DiskHit {
     pub(crate) store: &'static DiskStorage,
@@ -227,7 +182,7 @@ impl DiskHit {
 
     async fn fail(&self, corrupt: Corrupt) -> Box<pingora_error::Error> {
         self.store.drop_corrupt(self.obj, self.id, corrupt).await;
-        DiskError::Corrupt {
+        CacheError::Corrupt {
             path: self.obj.path(self.store.dir()),
             reason: corrupt,
         }
@@ -254,7 +209,7 @@ impl HandleHit for DiskHit {
             Err(e) => {
                 self.store.note_read_error(&self.obj, &e);
                 return Err(
-                    DiskError::io("read", self.obj.path(self.store.dir()), e).into_pingora()
+                    CacheError::io("read", self.obj.path(self.store.dir()), e).into_pingora()
                 );
             }
         };
@@ -290,11 +245,11 @@ impl HandleHit for DiskHit {
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         let (start, len) = (start as u64, self.body_len);
         if start >= len {
-            return Err(crate::cache::stream::FillError::SeekPastEnd { start, len }.into_pingora());
+            return Err(crate::cache::CacheError::SeekPastEnd { start, len }.into_pingora());
         }
         let end = end.map_or(len, |e| (e as u64).min(len));
         if end < start {
-            return Err(crate::cache::stream::FillError::BadRange { start, end }.into_pingora());
+            return Err(crate::cache::CacheError::BadRange { start, end }.into_pingora());
         }
         self.pos = start;
         self.end = end;
@@ -355,7 +310,7 @@ impl DiskWriter {
     }
 
     /// Appends body bytes.
-    pub async fn write(&mut self, data: &Bytes) -> Result<(), DiskError> {
+    pub async fn write(&mut self, data: &Bytes) -> Result<(), CacheError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -388,25 +343,25 @@ impl DiskWriter {
 
     /// Writes the header, renames the file into place and indexes it, unless a purge of
     /// the object came since the fill started: then nothing is published, the temp file
-    /// is removed and the result is [`DiskError::Purged`]. The check and the rename are
+    /// is removed and the result is [`CacheError::Purged`]. The check and the rename are
     /// one critical section under the key's lock, which every purge takes too (see
     /// `disk/publish.rs`), so no purge can fall between them. `purged` (the caller's own
     /// flag for the fill, set by purges before they reach the disk) only saves the work.
     /// Returns the bytes the object is charged.
-    pub async fn finish(mut self, purged: &AtomicBool) -> Result<u64, DiskError> {
+    pub async fn finish(mut self, purged: &AtomicBool) -> Result<u64, CacheError> {
         if let Some(expected) = self.expected.filter(|&e| e != self.written) {
-            return Err(DiskError::LengthMismatch {
+            return Err(CacheError::LengthMismatch {
                 written: self.written,
                 expected,
             });
         }
         if purged.load(Ordering::Acquire) {
-            return Err(DiskError::Purged);
+            return Err(CacheError::Purged);
         }
         let crc = std::mem::take(&mut self.crc).finalize();
         let header_len = usize::try_from(self.header_len).unwrap_or(usize::MAX);
         let header = format::encode(&self.obj, &self.meta, header_len, self.written, Some(crc))
-            .ok_or(DiskError::MetaTooLarge(self.meta.len()))?;
+            .ok_or(CacheError::MetaTooLarge(self.meta.len()))?;
         let (store, obj) = (self.store, self.obj);
         let fill = (obj, self.ticket.key, self.ticket.id);
         let (file, temp) = (self.file.clone(), self.temp.clone());
@@ -438,7 +393,7 @@ impl DiskWriter {
             Err(e) => Err(self.store.write_failed("commit", &self.temp, e)),
             Ok(Published::Purged) => {
                 self.ticket.published();
-                Err(DiskError::Purged) // dropping `self` removes the temp file
+                Err(CacheError::Purged) // dropping `self` removes the temp file
             }
             Ok(Published::Done { charged, victims }) => {
                 self.ticket.published();

@@ -13,7 +13,7 @@
 //! - a fill **publishes** in one critical section too: it takes its slot out and, only if
 //!   no purge marked it, renames its temp file into place and indexes it
 //!   ([`DiskStorage::publish`]). A marked fill returns
-//!   [`DiskError::Purged`](super::DiskError::Purged) and its temp file is removed when
+//!   [`CacheError::Purged`](super::CacheError::Purged) and its temp file is removed when
 //!   the writer is dropped;
 //! - an **eviction** pops entries from the index under the books lock alone (it runs
 //!   under other keys' locks), then unlinks each victim's file under the victim's key
@@ -63,8 +63,8 @@ use parking_lot::{Mutex, MutexGuard};
 use pingora_cache::key::HashBinary;
 
 use super::format::ObjectRef;
+use super::fs::{self as disk_io, FileId};
 use super::index::{blocks_for, KeyHasher, Rec};
-use super::io::{self as disk_io, FileId};
 use super::DiskStorage;
 
 /// Mutexes the keys are spread over: purges and publications of different keys rarely

@@ -22,7 +22,7 @@ use pingora_error::Result;
 
 use super::format::{self, MetaBytes, ObjectRef};
 use super::io::{self, DiskWriter, Inspected};
-use super::{DiskError, DiskStorage};
+use super::{CacheError, DiskStorage};
 use crate::cache::declared_len;
 use crate::cache::stream::StreamFill;
 
@@ -130,7 +130,7 @@ impl DiskMissHandler {
 impl HandleMiss for DiskMissHandler {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         let Some(writer) = self.writer.as_mut() else {
-            return Err(crate::cache::stream::FillError::Aborted.into_pingora());
+            return Err(crate::cache::CacheError::Aborted.into_pingora());
         };
         if let Err(e) = writer.write(&data).await {
             self.abort();
@@ -145,11 +145,11 @@ impl HandleMiss for DiskMissHandler {
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let Some(writer) = self.writer.take() else {
-            return Err(crate::cache::stream::FillError::Aborted.into_pingora());
+            return Err(crate::cache::CacheError::Aborted.into_pingora());
         };
         let charged = match writer.finish(&self.fill.purged).await {
             Ok(n) => n,
-            Err(DiskError::Purged) => 0,
+            Err(CacheError::Purged) => 0,
             Err(e) => {
                 self.abort();
                 return Err(e.into_pingora());
@@ -217,12 +217,12 @@ impl Storage for DiskStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let obj = ObjectRef::from_key(key).ok_or_else(|| DiskError::BadKey.into_pingora())?;
+        let obj = ObjectRef::from_key(key).ok_or_else(|| CacheError::BadKey.into_pingora())?;
         let meta_bytes = Arc::new(MetaBytes::from_meta(meta)?);
         let writer = self
             .begin_write(obj, meta_bytes.clone(), declared_len(meta))
             .await
-            .map_err(DiskError::into_pingora)?;
+            .map_err(CacheError::into_pingora)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fill = Arc::new(StreamFill::new(
             obj.key_hash(),

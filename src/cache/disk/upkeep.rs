@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use pingora_cache::key::HashBinary;
 
 use super::format::{Corrupt, ObjectRef};
+use super::fs::FileId;
 use super::index::{Index, Rec};
-use super::io::FileId;
-use super::{DiskError, DiskStorage};
+use super::{CacheError, DiskStorage};
 use crate::cache::unix_now;
 
 /// After a write error, the tier takes no new fills for this long.
@@ -131,12 +131,12 @@ impl DiskStorage {
         op: &'static str,
         path: &Path,
         e: std::io::Error,
-    ) -> DiskError {
+    ) -> CacheError {
         self.note_write_error(op, path, &e);
         if e.raw_os_error() == Some(28) {
             self.shed(SHED_BYTES.max(self.cfg.budget_bytes / 100));
         }
-        DiskError::io(op, path.to_owned(), e)
+        CacheError::io(op, path.to_owned(), e)
     }
 
     pub(crate) fn note_read_error(&self, obj: &ObjectRef, e: &std::io::Error) {

@@ -20,7 +20,7 @@ use pingora_cache::{CacheKey, CacheMeta, Storage};
 use pingora_error::Result;
 use tokio::sync::watch;
 
-use super::{MemoryError, MemoryStorage, StoredMeta};
+use super::{CacheError, MemoryStorage, StoredMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Status {
@@ -153,7 +153,7 @@ impl HandleMiss for MemoryMissHandler {
         let added = data.len();
         self.fill.state.send_if_modified(|st| {
             if st.status != Status::Writing || (st.eof && !data.is_empty()) {
-                outcome = Err(MemoryError::WriteAfterEnd);
+                outcome = Err(CacheError::WriteAfterEnd);
                 return false;
             }
             st.eof |= eof;
@@ -169,22 +169,22 @@ impl HandleMiss for MemoryMissHandler {
             let storage = self.fill.storage;
             storage.fill_bytes.fetch_add(added, Ordering::Relaxed);
         }
-        outcome.map_err(MemoryError::into_pingora)
+        outcome.map_err(CacheError::into_pingora)
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let (chunks, len) = {
             let st = self.fill.state.borrow();
             if st.status != Status::Writing {
-                return Err(MemoryError::WriteAfterEnd.into_pingora());
+                return Err(CacheError::WriteAfterEnd.into_pingora());
             }
             (st.chunks.clone(), st.len)
         };
         if let Some(expected) = self.expected_len.filter(|&e| e != len) {
             // Dropping `self` on return aborts the fill: a short body must never look whole.
-            let err = MemoryError::LengthMismatch {
-                written: len,
-                expected,
+            let err = CacheError::LengthMismatch {
+                written: len as u64,
+                expected: expected as u64,
             };
             return Err(err.into_pingora());
         }
@@ -242,11 +242,11 @@ impl HandleHit for PartialHit {
                 }
                 match st.status {
                     Status::Writing => {}
-                    Status::Aborted => return Err(MemoryError::FillAborted.into_pingora()),
+                    Status::Aborted => return Err(CacheError::Aborted.into_pingora()),
                     Status::Complete if self.sought => {
-                        let err = MemoryError::SeekPastEnd {
-                            start: self.pos,
-                            len: st.len,
+                        let err = CacheError::SeekPastEnd {
+                            start: self.pos as u64,
+                            len: st.len as u64,
                         };
                         return Err(err.into_pingora());
                     }
@@ -255,7 +255,7 @@ impl HandleHit for PartialHit {
             }
             // The sender lives in `self.fill`, so this only fails if the fill is torn down.
             if self.rx.changed().await.is_err() {
-                return Err(MemoryError::FillAborted.into_pingora());
+                return Err(CacheError::Aborted.into_pingora());
             }
         }
     }
@@ -275,11 +275,18 @@ impl HandleHit for PartialHit {
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         if let Some(end) = end.filter(|&end| end < start) {
-            return Err(MemoryError::BadRange { start, end }.into_pingora());
+            return Err(CacheError::BadRange {
+                start: start as u64,
+                end: end as u64,
+            }
+            .into_pingora());
         }
         let st = self.fill.state.borrow();
         if st.status == Status::Complete && start >= st.len {
-            let err = MemoryError::SeekPastEnd { start, len: st.len };
+            let err = CacheError::SeekPastEnd {
+                start: start as u64,
+                len: st.len as u64,
+            };
             return Err(err.into_pingora());
         }
         self.pos = start;

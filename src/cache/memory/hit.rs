@@ -10,7 +10,7 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, Storage};
 use pingora_error::Result;
 
-use super::MemoryError;
+use super::CacheError;
 
 pub(super) struct CompleteHit {
     body: Bytes,
@@ -59,11 +59,19 @@ impl HandleHit for CompleteHit {
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         let len = self.body.len();
         if start >= len {
-            return Err(MemoryError::SeekPastEnd { start, len }.into_pingora());
+            return Err(CacheError::SeekPastEnd {
+                start: start as u64,
+                len: len as u64,
+            }
+            .into_pingora());
         }
         let end = end.map_or(len, |end| end.min(len));
         if end < start {
-            return Err(MemoryError::BadRange { start, end }.into_pingora());
+            return Err(CacheError::BadRange {
+                start: start as u64,
+                end: end as u64,
+            }
+            .into_pingora());
         }
         self.pos = start;
         self.end = end;

@@ -12,9 +12,10 @@ use pingora_error::Result;
 
 use super::{TieredStorage, TAG_PREFIX};
 use crate::cache::declared_len;
-use crate::cache::disk::{DiskError, DiskStorage, DiskWriter, MetaBytes, ObjectRef};
+use crate::cache::disk::{DiskStorage, DiskWriter, MetaBytes, ObjectRef};
 use crate::cache::memory::StoredMeta;
-use crate::cache::stream::{FillError, StreamFill};
+use crate::cache::stream::StreamFill;
+use crate::cache::CacheError;
 
 pub(super) fn parse_tag(tag: &[u8]) -> Option<u64> {
     let (&first, id) = tag.split_first()?;
@@ -99,7 +100,7 @@ impl TieredMissHandler {
 impl HandleMiss for TieredMissHandler {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         if !self.fill.is_writing() {
-            return Err(FillError::WriteAfterEnd.into_pingora());
+            return Err(CacheError::WriteAfterEnd.into_pingora());
         }
         let mut on_disk = false;
         if let Some(writer) = self.disk.as_mut() {
@@ -128,7 +129,7 @@ impl HandleMiss for TieredMissHandler {
         let len = self.fill.len();
         if let Some(expected) = self.expected.filter(|&e| e != len) {
             self.abort();
-            let err = DiskError::LengthMismatch {
+            let err = CacheError::LengthMismatch {
                 written: len,
                 expected,
             };
@@ -138,7 +139,7 @@ impl HandleMiss for TieredMissHandler {
         if let Some(writer) = self.disk.take() {
             match writer.finish(&self.fill.purged).await {
                 Ok(n) => charged += n,
-                Err(DiskError::Purged) => {}
+                Err(CacheError::Purged) => {}
                 // Counted and logged by the disk tier; readers still have every byte.
                 Err(e) => tracing::debug!(
                     "disk commit dropped for {}: {e}",
