@@ -22,6 +22,19 @@ pub(crate) fn hex(n: u32) -> String {
     format!("{n:08x}{:024x}", u128::from(n) * 0x9E37_79B9)
 }
 
+/// Polls `done` until it holds, for what the tier finishes in the background (temp
+/// file removal on the blocking pool). Fails after 10 s: never a fixed sleep.
+pub(crate) async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub(crate) fn key(n: u32) -> CacheKey {
     obj(n).cache_key()
 }
@@ -264,7 +277,7 @@ async fn writer_dropped_mid_body_readers_get_an_error_and_temp_file_is_removed()
         reader.read_body().await.is_err(),
         "a dropped writer is not a clean end"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually("temp file removed", || temps(dir.path()).is_empty()).await;
     assert!(
         temps(dir.path()).is_empty(),
         "temp file left: {:?}",
@@ -308,9 +321,8 @@ async fn body_shorter_than_content_length_fails_the_fill_and_leaves_no_file() {
         .await
         .unwrap();
     assert!(miss.finish().await.is_err());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually("temp file removed", || temps(dir.path()).is_empty()).await;
     assert!(!obj(10).path(dir.path()).exists());
-    assert!(temps(dir.path()).is_empty());
 }
 
 #[tokio::test]
@@ -487,8 +499,7 @@ async fn write_failure_mid_body_fails_the_fill_and_counts_it() {
     let st = s.stats();
     assert_eq!(st.write_errors, 1);
     assert!(!st.writable, "the tier pauses writes after an error");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(temps(dir.path()).is_empty());
+    eventually("temp file removed", || temps(dir.path()).is_empty()).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use pingora_cache::storage::{MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
@@ -73,13 +72,7 @@ async fn assert_no_temps(dir: &Path) {
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     };
-    for _ in 0..100 {
-        if temps().is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("temp files left: {:?}", temps());
+    super::tests::eventually("temp files removed", || temps().is_empty()).await;
 }
 
 /// Nothing of object `n` is left: no file, no index entry, no fill, no reservation.

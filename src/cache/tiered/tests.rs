@@ -10,7 +10,7 @@ use pingora_cache::{CacheKey, CacheMeta, Storage};
 use pingora_http::ResponseHeader;
 
 use super::*;
-use crate::cache::disk::tests::{body, key, meta_with, obj, open, read_all, span};
+use crate::cache::disk::tests::{body, eventually, key, meta_with, obj, open, read_all, span};
 use crate::cache::memory::MemoryStorage;
 
 /// Memory tier of 4 MiB taking objects up to 64 KiB, over a disk tier in `dir`.
@@ -101,13 +101,10 @@ async fn disk_hit_read_partly_is_promoted_in_the_background() {
     h.seek(0, Some(10)).unwrap(); // a Range request
     read_all(&mut h).await.unwrap();
     h.finish(t, &key(4), &span()).await.unwrap();
-    for _ in 0..100 {
-        if t.memory().stats().objects == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(t.memory().stats().objects, 1);
+    eventually("promoted in the background", || {
+        t.memory().stats().objects == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -119,7 +116,8 @@ async fn disk_hit_larger_than_the_memory_limit_is_never_promoted() {
     let (_, mut h) = hit(t, &key(5)).await.unwrap();
     assert_eq!(read_all(&mut h).await.unwrap(), b);
     h.finish(t, &key(5), &span()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The decision is made in `finish`, synchronously: no background read was started.
+    assert!(t.promoting.lock().is_empty());
     assert_eq!(t.stats().promotions, 0);
     assert_eq!(t.memory().stats().objects, 0);
 }
@@ -176,9 +174,8 @@ async fn writer_dropped_mid_body_readers_get_an_error_and_temp_file_is_removed()
         assert!(read_all(&mut r).await.is_err(), "object {n}: a clean end");
         assert!(hit(t, &key(n)).await.is_none());
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let temps = std::fs::read_dir(dir.path().join(".tmp")).unwrap().count();
-    assert_eq!(temps, 0);
+    let temps = || std::fs::read_dir(dir.path().join(".tmp")).unwrap().count();
+    eventually("temp files removed", || temps() == 0).await;
     assert_eq!(t.stats().aborted_fills, 2);
 }
 
