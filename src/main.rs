@@ -14,10 +14,10 @@ use pingora::services::background::background_service;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 
 use shimmer::admin::AdminApp;
-use shimmer::config::{self, Loaded};
+use shimmer::config::{self, Config};
 use shimmer::proxy::Mirror;
 use shimmer::reload::{self, LogLevelHook, Reloader};
-use shimmer::state::{CacheParts, Shared};
+use shimmer::state::{CacheParts, MarkReady, Shared};
 use shimmer::sync::{SyncService, SyncTarget};
 use shimmer::tls::CertStore;
 use shimmer::{metrics, origin, owners};
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Owners(args)) => return owners::run(args),
         Some(Command::Origin(args)) => {
-            let _ = init_tracing("info");
+            let _ = init_tracing(tracing_subscriber::EnvFilter::new("info"));
             return origin::run(args);
         }
         None => {}
@@ -92,72 +92,59 @@ fn main() -> ExitCode {
             .conf
             .as_deref()
             .unwrap_or(std::path::Path::new("<embedded conf/shimmer.yaml>"));
-        let warnings = config::warnings(path, &loaded.settings);
+        let warnings = config::warnings(path, &loaded.fixed);
         for w in &warnings {
             eprintln!("shimmer: warning: {w}");
         }
         match warnings.len() {
-            0 => println!("shimmer: config ok (node {})", loaded.settings.node),
+            0 => println!("shimmer: config ok (node {})", loaded.live.settings.node),
             n => println!(
                 "shimmer: config ok (node {}) with {n} warning{} (see above)",
-                loaded.settings.node,
+                loaded.live.settings.node,
                 if n == 1 { "" } else { "s" }
             ),
         }
         return ExitCode::SUCCESS;
     }
-    let set_log_level = init_tracing(&loaded.settings.log_level);
     let opt = Opt {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
         conf: None,
         ..Opt::default()
     };
-    run(opt, loaded, cli.conf, set_log_level)
+    run(opt, loaded, cli.conf)
 }
 
-fn run(
-    opt: Opt,
-    loaded: Loaded,
-    path: Option<PathBuf>,
-    set_log_level: Option<LogLevelHook>,
-) -> ExitCode {
-    let Loaded {
+fn run(opt: Opt, loaded: Config, path: Option<PathBuf>) -> ExitCode {
+    let Config {
+        fixed,
         server: server_conf,
-        settings,
-        fleet,
+        database,
+        live,
     } = loaded;
-    let server_keys = reload::server_keys(&server_conf);
+    let set_log_level = init_tracing(live.log_filter);
+    let settings = live.settings;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     metrics::init();
     metrics::set_node(&settings.node);
-    if settings.source.is_none() {
+    if database.is_none() {
         // The YAML's own templates: nothing to lose touch with.
         metrics::sync_static_source();
     }
 
-    let cache = CacheParts::leak(&settings);
-    let listen = settings.listen.clone();
+    let cache = CacheParts::leak(&fixed, &settings);
+    let listen = fixed.listen.clone();
     let node = settings.node.clone();
-    let tls = settings.tls.clone();
-    let admin_listen = settings.admin.listen;
-    let certs = tls.as_ref().map(|t| CertStore::new(t.certs.clone()));
-    let source = settings.source.clone();
-    let sync_options = settings.sync.clone();
-    let shared = Shared::new(settings, fleet, cache, certs.clone());
-    if let Some(dsn) = source {
-        let source = match shimmer::shimmie::connect(&dsn) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("shimmer: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let tls = fixed.tls.clone();
+    let admin_listen = fixed.admin_listen;
+    let certs = live.certs.map(CertStore::new);
+    let shared = Shared::new(settings, live.fleet, cache);
+    if let Some(source) = database {
         let target: Arc<dyn SyncTarget> = shared.clone();
         let sync = background_service(
             "Shimmie sync",
-            SyncService::new(source, target, sync_options),
+            SyncService::new(source, target, fixed.sync.clone()),
         );
         // The last view and bans saved on disk serve from the first request, before
         // the database answers (or while it does not).
@@ -228,12 +215,14 @@ fn run(
             admin.add_dependency(p);
         }
     }
+    server.add_service(background_service("readiness", MarkReady(shared.clone())));
     server.add_service(background_service(
         "reload on SIGHUP",
         Reloader {
             shared,
             path,
-            server_keys,
+            fixed,
+            certs,
             set_log_level,
         },
     ));
@@ -299,16 +288,15 @@ impl ServiceWithDependents for Prebound {
     }
 }
 
-/// Logs to stderr at `filter` (RUST_LOG, when set, wins at start). Returns the hook
-/// that a reload uses to change the filter live.
-fn init_tracing(filter: &str) -> Option<LogLevelHook> {
+/// Logs to stderr at `filter` (the config's, parsed; RUST_LOG, when set and valid,
+/// wins at start). Returns the hook that a reload uses to change the filter live.
+fn init_tracing(filter: tracing_subscriber::EnvFilter) -> Option<LogLevelHook> {
     // An empty RUST_LOG (e.g. `Environment=RUST_LOG=`) would silence everything.
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .or_else(|| tracing_subscriber::EnvFilter::try_new(filter).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -317,8 +305,7 @@ fn init_tracing(filter: &str) -> Option<LogLevelHook> {
         .with_filter_reloading();
     let handle = builder.reload_handle();
     builder.init();
-    Some(Box::new(move |level: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    Some(Box::new(move |filter| {
         handle.reload(filter).map_err(|e| e.to_string())
     }))
 }

@@ -14,28 +14,43 @@ pub const SNIFF_LEN: usize = 8192;
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
 /// Content-Type for a file from its first bytes (ideally [`SNIFF_LEN`] of them).
+///
+/// The fixed signatures are `infer`'s matchers. Where `infer` checks fewer bytes than
+/// this function always did (GIF's version, RIFF before a form type, AVI's fourth
+/// byte, PDF's `-`, BMP's reserved field, ICO's image count), the extra check follows
+/// it, so text or random data that happens to start alike stays
+/// `application/octet-stream`. Differences that remain: `infer` also knows spanned and
+/// WinZip zip signatures, checks PNG's first 4 bytes (not 8), and wants one byte more
+/// than a bare JPEG XL signature. By hand, because `infer` does not cover
+/// them or answers differently: TIFF (`infer` wants 10 bytes and calls Canon CR2
+/// something else), ISO BMFF brands, Matroska/WebM, Theora in Ogg, MP3/AAC frames and
+/// ID3 before FLAC, compressed SWF (`ZWS`) and SVG.
 pub fn sniff(head: &[u8]) -> &'static str {
+    use infer::{archive, audio, image, video};
     // Fixed signatures first: they are unambiguous and cheap.
-    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    if image::is_jpeg(head) {
         return "image/jpeg";
     }
-    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+    if image::is_png(head) {
         return "image/png";
     }
-    if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
+    if image::is_gif(head) && matches!(head.get(3..6), Some(b"87a" | b"89a")) {
         return "image/gif";
     }
     // JPEG XL: bare codestream, or the ISO BMFF-style container's signature box.
-    if head.starts_with(&[0xFF, 0x0A]) || head.starts_with(b"\x00\x00\x00\x0cJXL \x0d\x0a\x87\x0a")
-    {
+    if image::is_jxl(head) {
         return "image/jxl";
     }
-    if head.len() >= 12 && head.starts_with(b"RIFF") {
-        match &head[8..12] {
-            b"WEBP" => return "image/webp",
-            b"WAVE" => return "audio/wav",
-            b"AVI " => return "video/x-msvideo",
-            _ => {}
+    if head.starts_with(b"RIFF") {
+        // `infer` looks at the form type only; RIFF is checked here.
+        if image::is_webp(head) {
+            return "image/webp";
+        }
+        if audio::is_wav(head) {
+            return "audio/wav";
+        }
+        if video::is_avi(head) && head.get(11) == Some(&b' ') {
+            return "video/x-msvideo";
         }
     }
     if let Some(t) = iso_bmff(head) {
@@ -44,7 +59,7 @@ pub fn sniff(head: &[u8]) -> &'static str {
     if head.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
         return matroska(head);
     }
-    if head.starts_with(b"OggS") {
+    if audio::is_ogg(head) {
         // Theora is the only common video codec in Ogg; everything else is audio.
         let window = &head[..head.len().min(128)];
         return if find(window, b"\x80theora").is_some() {
@@ -53,7 +68,7 @@ pub fn sniff(head: &[u8]) -> &'static str {
             "audio/ogg"
         };
     }
-    if head.starts_with(b"fLaC") {
+    if audio::is_flac(head) {
         return "audio/flac";
     }
     if head.starts_with(b"ID3") {
@@ -62,13 +77,13 @@ pub fn sniff(head: &[u8]) -> &'static str {
     if let Some(t) = mpeg_audio_frame(head) {
         return t;
     }
-    if head.starts_with(b"%PDF-") {
+    if archive::is_pdf(head) && head.get(4) == Some(&b'-') {
         return "application/pdf";
     }
-    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+    if archive::is_zip(head) {
         return "application/zip";
     }
-    if head.starts_with(b"FWS") || head.starts_with(b"CWS") || head.starts_with(b"ZWS") {
+    if archive::is_swf(head) || head.starts_with(b"ZWS") {
         // Shimmie has a flash handler; old galleries still hold .swf posts.
         return "application/x-shockwave-flash";
     }
@@ -77,10 +92,10 @@ pub fn sniff(head: &[u8]) -> &'static str {
     }
     // BMP and ICO have short signatures, so also check fields that must be zero or
     // non-zero to keep random data from matching.
-    if head.len() >= 14 && head.starts_with(b"BM") && head[6..10] == [0, 0, 0, 0] {
+    if image::is_bmp(head) && head.len() >= 14 && head[6..10] == [0, 0, 0, 0] {
         return "image/bmp";
     }
-    if head.len() >= 6 && head.starts_with(&[0, 0, 1, 0]) && head[4..6] != [0, 0] {
+    if image::is_ico(head) && head.len() >= 6 && head[4..6] != [0, 0] {
         return "image/x-icon";
     }
     if is_svg(head) {

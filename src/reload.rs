@@ -12,22 +12,27 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
 
-use crate::config::{self, Settings};
+use crate::config::{self, ops, Config, Fixed};
 use crate::metrics;
 use crate::state::Shared;
+use crate::tls::CertStore;
 
-/// Applies a new `log_level` (a tracing filter) to the running process.
-pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Installs a new log filter (`shimmer.log_level`, parsed) in the running process.
+pub type LogLevelHook = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
 /// The background service that waits for SIGHUP.
 pub struct Reloader {
+    /// Where the settings and the fleet view are swapped in.
     pub shared: Arc<Shared>,
     /// `None` when running on the embedded default: there is nothing to re-read.
     pub path: Option<PathBuf>,
-    /// Pingora's own keys as the process started with them (none of them can change
-    /// live); a reload names those that differ.
-    pub server_keys: serde_yaml::Value,
+    /// The fixed part the process started with: a reload names what differs and
+    /// keeps this.
+    pub fixed: Fixed,
+    /// The certificate store the TLS listeners pick from; `None` without TLS.
+    pub certs: Option<Arc<CertStore>>,
     /// Sets the log filter live; `None` leaves the level as it started.
     pub set_log_level: Option<LogLevelHook>,
 }
@@ -68,11 +73,6 @@ fn take_early_sighup() -> bool {
     EARLY_SIGHUP.swap(false, Ordering::SeqCst)
 }
 
-/// Pingora's keys of a loaded config, for comparing on reload.
-pub fn server_keys(conf: &pingora::server::configuration::ServerConf) -> serde_yaml::Value {
-    serde_yaml::to_value(conf).unwrap_or(serde_yaml::Value::Null)
-}
-
 impl Reloader {
     /// Loads and applies the file once. Returns whether the new config is in force.
     pub fn reload(&self) -> bool {
@@ -88,52 +88,30 @@ impl Reloader {
                 return false;
             }
         };
-        let old = self.shared.settings.load_full();
-        let mut fixed = needs_restart(&old, &loaded.settings);
-        let new_server_keys = server_keys(&loaded.server);
-        fixed.extend(changed_server_keys(&self.server_keys, &new_server_keys));
-        for key in &fixed {
+        // The server keys and the parsed database source are dropped with the rest of
+        // the fixed part: the ones in force stay.
+        let Config { fixed, live, .. } = loaded;
+        for key in self.fixed.changed_keys(&fixed) {
             tracing::warn!(
                 "reload: {key} cannot change in a running process; the old value stays \
                  until a graceful upgrade (start `shimmer -u -c FILE`, then SIGQUIT this one)"
             );
         }
-        let mut new = loaded.settings;
-        // Keep what cannot change live, so the snapshot tells the truth.
-        new.listen = old.listen.clone();
-        new.memory_bytes = old.memory_bytes;
-        new.disk = old.disk.clone();
-        new.admin.listen = old.admin.listen;
-        match (&self.shared.certs, &new.tls) {
-            (Some(store), Some(tls)) => {
-                store.replace(tls.certs.clone());
-                if let Some(old_tls) = &old.tls {
-                    let mut keep = tls.clone();
-                    keep.listen = old_tls.listen.clone();
-                    // ALPN is fixed in the listeners when they are built.
-                    keep.h2 = old_tls.h2;
-                    new.tls = Some(keep);
-                }
-            }
-            _ => new.tls = old.tls.clone(),
+        let old = self.shared.settings.load_full();
+        let mut new = live.settings;
+        new.tls = tls_in_force(self.fixed.tls.as_ref(), new.tls, old.tls.as_ref());
+        if let (Some(store), Some(certs)) = (&self.certs, live.certs) {
+            store.replace(certs);
         }
         let level_change = (new.log_level != old.log_level)
             .then(|| (old.log_level.clone(), new.log_level.clone()));
         let node_changed = new.node != old.node;
         let node = new.node.clone();
+        self.shared.settings.store(Arc::new(new));
         // With a database source the view follows the database; the YAML's `static`
         // templates only matter at start (before the first sync or the state file).
-        let static_source = new.source.is_none();
-        if old.source != new.source {
-            tracing::warn!(
-                "reload: shimmer.source cannot change in a running process; the old \
-                 source stays until a graceful upgrade (SIGQUIT + `shimmer -u`)"
-            );
-            new.source = old.source.clone();
-        }
-        self.shared.settings.store(Arc::new(new));
-        if static_source && old.source.is_none() {
-            self.shared.install_view(loaded.fleet);
+        if self.fixed.source.is_none() && fixed.source.is_none() {
+            self.shared.install_view(live.fleet);
         }
         if node_changed {
             metrics::set_node(&node);
@@ -147,8 +125,7 @@ impl Reloader {
         }
         // Last, so the line above is still written at the old level.
         if let (Some((_, to)), Some(set)) = (&level_change, &self.set_log_level) {
-            if let Err(e) = set(to) {
-                // Validation already parsed this filter; this is not expected.
+            if let Err(e) = set(live.log_filter) {
                 tracing::error!("reload: cannot apply log_level {to:?}: {e}");
             }
         }
@@ -156,60 +133,27 @@ impl Reloader {
     }
 }
 
-/// Pingora's top-level keys whose value differs between two loaded files.
-fn changed_server_keys(old: &serde_yaml::Value, new: &serde_yaml::Value) -> Vec<String> {
-    let (Some(old), Some(new)) = (old.as_mapping(), new.as_mapping()) else {
-        return Vec::new();
-    };
-    let mut keys: Vec<String> = old
-        .iter()
-        .filter(|(k, v)| new.get(*k) != Some(*v))
-        .filter_map(|(k, _)| k.as_str().map(str::to_owned))
-        .collect();
-    keys.extend(
-        new.iter()
-            .filter(|(k, _)| !old.contains_key(*k))
-            .filter_map(|(k, _)| k.as_str().map(str::to_owned)),
-    );
-    keys.sort();
-    keys
-}
-
-/// Settings that are fixed once the listeners and the cache exist.
-fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
-    let mut keys = Vec::new();
-    if old.admin.listen != new.admin.listen {
-        keys.push("shimmer.admin.listen");
+/// The TLS part of the settings snapshot describes the listeners that run: their
+/// addresses are the ones in force, the redirect is the new file's; a file without a
+/// `tls:` section cannot stop them, so the redirect in force stays with them.
+fn tls_in_force(
+    running: Option<&ops::TlsListeners>,
+    new: Option<ops::Tls>,
+    old: Option<&ops::Tls>,
+) -> Option<ops::Tls> {
+    match (running, new) {
+        (Some(listeners), Some(new)) => Some(ops::Tls {
+            listen: listeners.listen.clone(),
+            redirect_http: new.redirect_http,
+        }),
+        (Some(_), None) => old.cloned(),
+        (None, _) => None,
     }
-    let tls_listen = |s: &Settings| s.tls.as_ref().map(|t| t.listen.clone());
-    if tls_listen(old) != tls_listen(new) {
-        keys.push("shimmer.tls (listeners added, removed or moved)");
-    }
-    let h2 = |s: &Settings| s.tls.as_ref().map(|t| t.h2);
-    if h2(old).is_some() && h2(new).is_some() && h2(old) != h2(new) {
-        keys.push("shimmer.tls.h2");
-    }
-    if old.listen != new.listen {
-        keys.push("shimmer.listen");
-    }
-    if old.memory_bytes != new.memory_bytes {
-        keys.push("shimmer.cache.memory_bytes");
-    }
-    let dir = |s: &Settings| s.disk.as_ref().map(|d| d.dir.clone());
-    if dir(old) != dir(new) {
-        keys.push("shimmer.cache.dir");
-    } else if old.disk != new.disk {
-        keys.push("shimmer.cache disk tier (disk_bytes, disk_max_object_bytes, fsync)");
-    }
-    keys.into_iter().map(str::to_owned).collect()
 }
 
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // Services start once the server runs its listeners, and a view was loaded
-        // before any of them: from here on the mirror can serve.
-        self.shared.ready.store(true, Ordering::SeqCst);
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
@@ -241,18 +185,130 @@ impl BackgroundService for Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora::server::configuration::ServerConf;
 
-    fn keys(yaml: &str) -> serde_yaml::Value {
-        server_keys(&ServerConf::from_yaml(yaml).expect("server conf"))
+    fn tls(port: u16, redirect_http: bool) -> ops::Tls {
+        ops::Tls {
+            listen: vec![format!("127.0.0.1:{port}")],
+            redirect_http,
+        }
     }
 
     #[test]
-    fn pingora_keys_that_differ_are_named() {
-        let old = keys("---\nversion: 1\nthreads: 2\ngrace_period_seconds: 10\n");
-        let same = keys("---\nversion: 1\nthreads: 2\ngrace_period_seconds: 10\n");
-        let new = keys("---\nversion: 1\nthreads: 4\ngrace_period_seconds: 10\nuser: nobody\n");
-        assert!(changed_server_keys(&old, &same).is_empty());
-        assert_eq!(changed_server_keys(&old, &new), vec!["threads", "user"]);
+    fn the_tls_snapshot_follows_the_listeners_in_force() {
+        let running = ops::TlsListeners {
+            listen: vec!["127.0.0.1:8443".into()],
+            h2: true,
+        };
+        // Moved listeners: the address in force stays, the new redirect applies.
+        let got = tls_in_force(
+            Some(&running),
+            Some(tls(9443, true)),
+            Some(&tls(8443, false)),
+        );
+        assert_eq!(got, Some(tls(8443, true)));
+        // The section removed: TLS keeps running as it was.
+        let got = tls_in_force(Some(&running), None, Some(&tls(8443, true)));
+        assert_eq!(got, Some(tls(8443, true)));
+        // TLS added to a process that runs none: nothing listens, nothing redirects.
+        assert_eq!(tls_in_force(None, Some(tls(9443, true)), None), None);
+    }
+
+    /// The full test config, its disk tier under `dir` (opening it creates it).
+    fn config_in(dir: &std::path::Path) -> String {
+        crate::config::tests::full_config(dir).replace(
+            "dir: /var/cache/shimmer",
+            &format!("dir: {}", dir.join("cache").display()),
+        )
+    }
+
+    /// A mirror's shared state and reloader on `text`, as `main` wires them.
+    fn running(path: &std::path::Path, text: &str) -> Reloader {
+        std::fs::write(path, text).expect("write config");
+        let Config { fixed, live, .. } = config::load(path).expect("config");
+        let cache = crate::state::CacheParts::leak(&fixed, &live.settings);
+        Reloader {
+            shared: Shared::new(live.settings, live.fleet, cache),
+            path: Some(path.to_owned()),
+            certs: live.certs.map(CertStore::new),
+            fixed,
+            set_log_level: None,
+        }
+    }
+
+    #[test]
+    fn a_reload_applies_the_live_part_and_keeps_the_fixed_one() {
+        let work = tempfile::tempdir().expect("tempdir");
+        let path = work.path().join("shimmer.yaml");
+        let text = config_in(work.path());
+        let r = running(&path, &text);
+        let (b_cert, _) = crate::config::tests::test_cert(work.path(), "b.example");
+        let mut new = text.clone();
+        for (from, to) in [
+            // Fixed: named in the log, not applied.
+            ("\"127.0.0.1:8443\"", "\"127.0.0.1:8444\""),
+            ("memory_bytes: 64M", "memory_bytes: 128M"),
+            ("threads: 2", "threads: 3"),
+            // Live: applied.
+            ("node: a", "node: b"),
+            ("redirect_http: false", "redirect_http: true"),
+            ("max-age=60", "max-age=120"),
+            ("{a=5,b=5}", "{a=5,b=5,c=5}"),
+            ("a.example.crt", "b.example.crt"),
+            ("a.example.key", "b.example.key"),
+        ] {
+            assert!(new.contains(from), "{from:?}");
+            new = new.replacen(from, to, 1);
+        }
+        std::fs::write(&path, new).expect("rewrite");
+        assert!(r.reload());
+        let s = r.shared.settings.load();
+        assert_eq!(s.node, "b");
+        assert_eq!(s.cache_control, "public, max-age=120");
+        // The redirect follows the new file, its port the listener that runs.
+        assert_eq!(s.tls, Some(tls(8443, true)));
+        let store = r.certs.as_ref().expect("a certificate store");
+        assert_eq!(store.pick(None).map(|c| c.source), Some(b_cert));
+        assert_eq!(r.shared.cache.memory.stats().budget, 64 << 20);
+        assert_eq!(r.fixed.memory_bytes, 64 << 20);
+        // A database source: the view follows the database, not the YAML.
+        let nodes = r
+            .shared
+            .fleet
+            .load()
+            .template(crate::fleet::Silo::Images)
+            .nodes()
+            .len();
+        assert_eq!(nodes, 2);
+    }
+
+    #[test]
+    fn a_static_source_takes_the_new_templates() {
+        let work = tempfile::tempdir().expect("tempdir");
+        let path = work.path().join("shimmer.yaml");
+        let text =
+            config_in(work.path()).replace("  source: \"sqlite:///nonexistent/shimmie.db\"\n", "");
+        let r = running(&path, &text);
+        std::fs::write(&path, text.replacen("{a=5,b=5}", "{a=5,b=5,c=5}", 1)).expect("rewrite");
+        assert!(r.reload());
+        let nodes = r
+            .shared
+            .fleet
+            .load()
+            .template(crate::fleet::Silo::Images)
+            .nodes()
+            .len();
+        assert_eq!(nodes, 3);
+        assert_eq!(r.shared.view_version.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_broken_file_changes_nothing() {
+        let work = tempfile::tempdir().expect("tempdir");
+        let path = work.path().join("shimmer.yaml");
+        let text = config_in(work.path());
+        let r = running(&path, &text);
+        std::fs::write(&path, text.replacen("node: a", "node: \"a=1\"", 1)).expect("rewrite");
+        assert!(!r.reload());
+        assert_eq!(r.shared.settings.load().node, "a");
     }
 }

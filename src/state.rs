@@ -1,12 +1,16 @@
-//! What the running mirror shares between requests and background services: the
-//! current settings and fleet view (swapped whole on reload or sync), and the cache
-//! parts that Pingora needs as `&'static`.
+//! What requests read, shared with the background services that change it: the
+//! current settings and fleet view (swapped whole on reload or sync), the bans, the
+//! readiness flag, and the cache parts that Pingora needs as `&'static`. Nothing here
+//! exists only for a background service (the reloader holds the certificate store and
+//! the fixed config itself).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 
 use arc_swap::ArcSwap;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -15,13 +19,12 @@ use pingora_cache::predictor::Predictor;
 use crate::cache::disk::DiskStorage;
 use crate::cache::memory::MemoryStorage;
 use crate::cache::tiered::TieredStorage;
-use crate::config::Settings;
+use crate::config::{Fixed, Settings};
 use crate::fleet::{FleetView, Silo};
 use crate::metrics;
 use crate::object::Md5;
 use crate::shimmie::Bans;
 use crate::sync::{SyncService, SyncTarget};
-use crate::tls::CertStore;
 
 /// The cache parts live for the whole process: Pingora's cache API takes `&'static`.
 pub struct CacheParts {
@@ -41,17 +44,18 @@ pub struct CacheParts {
 impl CacheParts {
     /// Builds the parts once and leaks them: they are never freed before exit. The disk
     /// directory is prepared here (no threads: Pingora may fork after this); its
-    /// restart scan starts with the first request.
-    pub fn leak(settings: &Settings) -> &'static CacheParts {
+    /// restart scan starts with the first request. The budgets are fixed; the lock's
+    /// age limit and the memory tier's object cap come from the settings at start.
+    pub fn leak(fixed: &Fixed, settings: &Settings) -> &'static CacheParts {
         // A writer holding the lock longer than this is presumed dead and others compete
         // for the lock again; a slow origin streaming a big video must not trip it.
         let lock_age = settings.lock_timeout.max(Duration::from_secs(1)) * 6;
         let memory: &'static MemoryStorage =
             Box::leak(Box::new(MemoryStorage::with_max_object_bytes(
-                usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX),
+                usize::try_from(fixed.memory_bytes).unwrap_or(usize::MAX),
                 usize::try_from(settings.max_object_bytes).unwrap_or(usize::MAX),
             )));
-        let disk = settings
+        let disk = fixed
             .disk
             .clone()
             .map(|cfg| &*Box::leak(Box::new(DiskStorage::open(cfg))));
@@ -72,10 +76,8 @@ pub struct Shared {
     pub cache: &'static CacheParts,
     /// Increases with every fleet view swapped in (1 = the view loaded at start).
     pub view_version: AtomicU64,
-    /// Set once the services run; `/readyz` answers 200 from then on.
-    pub ready: AtomicBool,
-    /// The TLS certificates in force, when TLS is configured.
-    pub certs: Option<Arc<CertStore>>,
+    /// Whether the mirror serves yet (`/readyz`); set by [`MarkReady`] only.
+    pub ready: Readiness,
     /// Banned hashes (from Shimmie's `image_bans`): 404 whatever any cache holds.
     pub bans: Bans,
     /// The database sync, when the source is a database (for status and metrics).
@@ -83,19 +85,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        settings: Settings,
-        fleet: FleetView,
-        cache: &'static CacheParts,
-        certs: Option<Arc<CertStore>>,
-    ) -> Arc<Shared> {
+    pub fn new(settings: Settings, fleet: FleetView, cache: &'static CacheParts) -> Arc<Shared> {
         let shared = Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
             fleet: ArcSwap::from_pointee(fleet),
             cache,
             view_version: AtomicU64::new(1),
-            ready: AtomicBool::new(false),
-            certs,
+            ready: Readiness::default(),
             bans: Bans::new(),
             sync: OnceLock::new(),
         });
@@ -156,6 +152,29 @@ impl Shared {
             });
         }
         tiers
+    }
+}
+
+/// Whether the mirror can serve: false until the services run, then true for good.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    /// What `/readyz` answers from.
+    pub fn load(&self, order: Ordering) -> bool {
+        self.0.load(order)
+    }
+}
+
+/// The one writer of [`Shared::ready`]: a background service that sets it when it
+/// starts. Services start once the server runs its listeners, and a view was loaded
+/// before any of them: from then on the mirror can serve.
+pub struct MarkReady(pub Arc<Shared>);
+
+#[async_trait]
+impl BackgroundService for MarkReady {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.ready.0.store(true, Ordering::SeqCst);
     }
 }
 

@@ -52,10 +52,10 @@ pub struct RawCertPair {
     pub key: PathBuf,
 }
 
-/// The admin listener, validated.
+/// What requests read of the admin section: the token a reload may change. The admin
+/// listener itself is fixed at start ([`super::Fixed::admin_listen`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
-    pub listen: Option<SocketAddr>,
     /// The bearer token for `POST /purge`; purge is off without one.
     pub token: Option<String>,
 }
@@ -79,16 +79,33 @@ impl std::fmt::Debug for CertKey {
     }
 }
 
-/// TLS listeners and their certificates; the first certificate is the default.
-#[derive(Debug, Clone)]
+/// What requests read of the TLS section, in the settings snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
+    /// The TLS listeners in force (fixed at start, see [`TlsListeners`]): the https
+    /// redirect names the first one's port.
     pub listen: Vec<String>,
-    pub certs: Arc<Vec<CertKey>>,
-    pub h2: bool,
+    /// Plain-HTTP requests get 308 to https (reloadable).
     pub redirect_http: bool,
 }
 
-pub fn admin(raw: &RawAdmin) -> Result<Admin, Invalid> {
+/// The TLS listeners, fixed at start: Pingora builds them (and their ALPN) once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListeners {
+    pub listen: Vec<String>,
+    pub h2: bool,
+}
+
+/// The TLS section validated, before it is split into what is fixed and what is not.
+pub(super) struct TlsParts {
+    pub listeners: TlsListeners,
+    /// The certificates, loaded and checked; the first is the default.
+    pub certs: Arc<Vec<CertKey>>,
+    pub redirect_http: bool,
+}
+
+/// The admin section validated: the listener (fixed at start) and the token.
+pub(super) fn admin(raw: &RawAdmin) -> Result<(Option<SocketAddr>, Admin), Invalid> {
     let listen = raw
         .listen
         .as_deref()
@@ -117,10 +134,10 @@ pub fn admin(raw: &RawAdmin) -> Result<Admin, Invalid> {
             Ok(token)
         })
         .transpose()?;
-    Ok(Admin { listen, token })
+    Ok((listen, Admin { token }))
 }
 
-pub fn tls(raw: &RawTls) -> Result<Tls, Invalid> {
+pub(super) fn tls(raw: &RawTls) -> Result<TlsParts, Invalid> {
     if raw.listen.is_empty() {
         return Err(("shimmer.tls.listen", "needs at least one address".into()));
     }
@@ -140,10 +157,12 @@ pub fn tls(raw: &RawTls) -> Result<Tls, Invalid> {
         .map(load_pair)
         .collect::<Result<Vec<_>, String>>()
         .map_err(|m| ("shimmer.tls.certs", m))?;
-    Ok(Tls {
-        listen: raw.listen.clone(),
+    Ok(TlsParts {
+        listeners: TlsListeners {
+            listen: raw.listen.clone(),
+            h2: raw.h2,
+        },
         certs: Arc::new(certs),
-        h2: raw.h2,
         redirect_http: raw.redirect_http,
     })
 }

@@ -11,7 +11,7 @@ shimmer:
     servers: ["http://127.0.0.1:8081", "127.0.0.1:8082", "https://127.0.0.1"]
 "#;
 
-fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
+fn parse_str(text: &str) -> Result<Config, ConfigError> {
     parse(Path::new("test.yaml"), text)
 }
 
@@ -30,14 +30,14 @@ fn error_of(text: &str) -> String {
 #[test]
 fn embedded_default_is_valid() {
     let l = parse_str(include_str!("../../conf/shimmer.yaml")).unwrap();
-    assert_eq!(l.settings.node, "a");
+    assert_eq!(l.live.settings.node, "a");
     assert_eq!(l.server.grace_period_seconds, Some(10));
 }
 
 #[test]
 fn good_config_gets_defaults_and_resolved_origins() {
     let l = parse_str(GOOD).unwrap();
-    let s = &l.settings;
+    let s = &l.live.settings;
     assert_eq!(s.mode, Mode::Redirect);
     assert_eq!(s.origins.len(), 3);
     assert_eq!(s.origins[0].addr.to_string(), "127.0.0.1:8081");
@@ -46,7 +46,7 @@ fn good_config_gets_defaults_and_resolved_origins() {
     assert!(s.origins[2].tls);
     assert_eq!(s.origins[0].host, "127.0.0.1");
     assert_eq!(s.connect_timeout, Duration::from_secs(2));
-    assert_eq!(s.memory_bytes, 256 << 20);
+    assert_eq!(l.fixed.memory_bytes, 256 << 20);
     assert_eq!(s.cache_control, "public, max-age=31536000, immutable");
     // Pingora's 300 s grace period is replaced when the file does not set one.
     assert_eq!(l.server.grace_period_seconds, Some(10));
@@ -187,15 +187,15 @@ fn durations_parse() {
 
 #[test]
 fn disk_tier_is_off_by_default_and_configured_with_dir_and_disk_bytes() {
-    assert!(parse_str(GOOD).unwrap().settings.disk.is_none());
+    assert!(parse_str(GOOD).unwrap().fixed.disk.is_none());
     let text = format!("{GOOD}  cache:\n    dir: /var/cache/shimmer\n    disk_bytes: 400G\n");
-    let disk = parse_str(&text).unwrap().settings.disk.unwrap();
+    let disk = parse_str(&text).unwrap().fixed.disk.unwrap();
     assert_eq!(disk.dir, Path::new("/var/cache/shimmer"));
     assert_eq!(disk.budget_bytes, 400 << 30);
     assert_eq!(disk.max_object_bytes, 1 << 30);
     assert!(!disk.fsync);
     let text = format!("{GOOD}  cache:\n    dir: /c\n    disk_bytes: 64M\n    fsync: true\n");
-    let disk = parse_str(&text).unwrap().settings.disk.unwrap();
+    let disk = parse_str(&text).unwrap().fixed.disk.unwrap();
     assert_eq!(
         disk.max_object_bytes,
         8 << 20,
@@ -205,7 +205,7 @@ fn disk_tier_is_off_by_default_and_configured_with_dir_and_disk_bytes() {
     let text = format!(
         "{GOOD}  cache:\n    dir: /c\n    disk_bytes: 1G\n    disk_max_object_bytes: 300M\n"
     );
-    let disk = parse_str(&text).unwrap().settings.disk.unwrap();
+    let disk = parse_str(&text).unwrap().fixed.disk.unwrap();
     assert_eq!(disk.max_object_bytes, 300 << 20);
 }
 
@@ -264,9 +264,9 @@ fn database_sources_are_accepted_by_dsn_without_connecting() {
             &format!("  node: a\n  source: \"{dsn}\""),
         ))
         .unwrap();
-        assert_eq!(l.settings.source.as_deref(), Some(dsn));
+        assert_eq!(l.fixed.source.as_deref(), Some(dsn));
     }
-    assert_eq!(parse_str(GOOD).unwrap().settings.source, None);
+    assert_eq!(parse_str(GOOD).unwrap().fixed.source, None);
 }
 
 #[test]
@@ -319,7 +319,7 @@ fn an_unusable_cache_dir_is_a_warning() {
             "{GOOD}  cache:\n    dir: {}\n    disk_bytes: 1G\n",
             dir.display()
         );
-        warnings(Path::new("test.yaml"), &parse_str(&text).unwrap().settings)
+        warnings(Path::new("test.yaml"), &parse_str(&text).unwrap().fixed)
     };
     let w = with_dir(&blocker.join("cache"));
     assert_eq!(w.len(), 1, "{w:?}");
@@ -331,5 +331,210 @@ fn an_unusable_cache_dir_is_a_warning() {
     let later = work.path().join("not/yet");
     assert!(with_dir(&later).is_empty());
     assert!(!later.exists());
-    assert!(warnings(Path::new("test.yaml"), &parse_str(GOOD).unwrap().settings).is_empty());
+    assert!(warnings(Path::new("test.yaml"), &parse_str(GOOD).unwrap().fixed).is_empty());
+}
+
+/// A self-signed certificate and its key, written as PEM under `dir` by the `openssl`
+/// command, as the integration tests' harness makes them.
+pub(crate) fn test_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "30"])
+        .arg("-subj")
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// A config with every fixed setting written out, and its certificate directory.
+pub(crate) fn full_config(dir: &Path) -> String {
+    let (cert, key) = test_cert(dir, "a.example");
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef-token\n").expect("token");
+    format!(
+        r#"threads: 2
+shimmer:
+  node: a
+  listen: ["127.0.0.1:8080"]
+  source: "sqlite:///nonexistent/shimmie.db"
+  log_level: info
+  static:
+    image_ilink: "http://m-{{a=5,b=5}}.example.com/_images/$hash/$id.$ext"
+  origin:
+    servers: ["http://127.0.0.1:8081"]
+    connect_timeout: 2s
+  admin:
+    listen: "127.0.0.1:9090"
+    token_file: "{token}"
+  tls:
+    listen: ["127.0.0.1:8443"]
+    certs: [{{cert: "{cert}", key: "{key}"}}]
+    h2: true
+    redirect_http: false
+  cache:
+    memory_bytes: 64M
+    max_object_bytes: 8M
+    lock_timeout: 10s
+    not_found_ttl: 10s
+    dir: /var/cache/shimmer
+    disk_bytes: 1G
+    fsync: false
+  http:
+    cache_control: "public, max-age=60"
+  sync:
+    interval: 5s
+"#,
+        token = token.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+fn replaced(text: &str, from: &str, to: &str) -> Config {
+    assert!(text.contains(from), "{from:?} not in the config");
+    parse_str(&text.replacen(from, to, 1)).expect("the changed config is valid")
+}
+
+#[test]
+fn each_fixed_setting_that_changes_is_named() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let text = full_config(work.path());
+    let base = parse_str(&text).expect("full config");
+    assert!(base
+        .fixed
+        .changed_keys(&parse_str(&text).unwrap().fixed)
+        .is_empty());
+    let disk_tier = "shimmer.cache disk tier (disk_bytes, disk_max_object_bytes, fsync)";
+    for (from, to, key) in [
+        ("\"127.0.0.1:8080\"", "\"127.0.0.1:8088\"", "shimmer.listen"),
+        (
+            "\"127.0.0.1:9090\"",
+            "\"127.0.0.1:9099\"",
+            "shimmer.admin.listen",
+        ),
+        (
+            "\"127.0.0.1:8443\"",
+            "\"127.0.0.1:8444\"",
+            "shimmer.tls (listeners added, removed or moved)",
+        ),
+        ("h2: true", "h2: false", "shimmer.tls.h2"),
+        (
+            "memory_bytes: 64M",
+            "memory_bytes: 128M",
+            "shimmer.cache.memory_bytes",
+        ),
+        (
+            "dir: /var/cache/shimmer",
+            "dir: /srv/cache",
+            "shimmer.cache.dir",
+        ),
+        ("disk_bytes: 1G", "disk_bytes: 2G", disk_tier),
+        ("fsync: false", "fsync: true", disk_tier),
+        (
+            "/nonexistent/shimmie.db",
+            "/nonexistent/other.db",
+            "shimmer.source",
+        ),
+        ("interval: 5s", "interval: 7s", "shimmer.sync"),
+        ("threads: 2", "threads: 3", "threads"),
+        (
+            "threads: 2",
+            "threads: 2\npid_file: /tmp/other.pid",
+            "pid_file",
+        ),
+    ] {
+        let new = replaced(&text, from, to);
+        assert_eq!(
+            base.fixed.changed_keys(&new.fixed),
+            vec![key],
+            "{from} -> {to}"
+        );
+    }
+}
+
+#[test]
+fn reloadable_settings_change_nothing_fixed() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let text = full_config(work.path());
+    let base = parse_str(&text).expect("full config");
+    let (cert, _) = test_cert(work.path(), "b.example");
+    let token = work.path().join("token2");
+    std::fs::write(&token, "fedcba9876543210-other").expect("token");
+    let mut new_text = text.clone();
+    for (from, to) in [
+        ("node: a", "node: b"),
+        ("log_level: info", "log_level: debug"),
+        ("{a=5,b=5}", "{a=5,b=5,c=5}"),
+        ("\"http://127.0.0.1:8081\"", "\"http://127.0.0.1:8082\""),
+        ("connect_timeout: 2s", "connect_timeout: 3s"),
+        ("max_object_bytes: 8M", "max_object_bytes: 4M"),
+        ("lock_timeout: 10s", "lock_timeout: 5s"),
+        ("not_found_ttl: 10s", "not_found_ttl: 1s"),
+        ("max-age=60", "max-age=120"),
+        ("redirect_http: false", "redirect_http: true"),
+        ("a.example.crt", "b.example.crt"),
+        ("a.example.key", "b.example.key"),
+    ] {
+        assert!(new_text.contains(from), "{from:?}");
+        new_text = new_text.replacen(from, to, 1);
+    }
+    let new_text = new_text.replace(
+        &work.path().join("token").display().to_string(),
+        &token.display().to_string(),
+    );
+    let new = parse_str(&new_text).expect("changed config");
+    assert!(base.fixed.changed_keys(&new.fixed).is_empty());
+    let s = &new.live.settings;
+    assert_eq!(s.node, "b");
+    assert_eq!(s.log_level, "debug");
+    assert_eq!(
+        s.fleet.image_ilink.as_deref().map(|t| t.contains("c=5")),
+        Some(true)
+    );
+    assert_eq!(s.origins[0].addr.port(), 8082);
+    assert_eq!(s.connect_timeout, Duration::from_secs(3));
+    assert_eq!(s.max_object_bytes, 4 << 20);
+    assert_eq!(s.lock_timeout, Duration::from_secs(5));
+    assert_eq!(s.not_found_ttl, Duration::from_secs(1));
+    assert_eq!(s.cache_control, "public, max-age=120");
+    assert_eq!(s.admin.token.as_deref(), Some("fedcba9876543210-other"));
+    assert_eq!(s.tls.as_ref().map(|t| t.redirect_http), Some(true));
+    let certs = new.live.certs.expect("certificates");
+    assert_eq!(certs[0].source, cert);
+}
+
+#[test]
+fn the_parsed_source_and_log_filter_are_carried() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let l = parse_str(&full_config(work.path())).expect("full config");
+    assert_eq!(l.database.as_ref().map(|d| d.engine()), Some("sqlite"));
+    assert_eq!(l.live.log_filter.to_string(), "info");
+    assert!(parse_str(GOOD).unwrap().database.is_none());
+}
+
+#[test]
+fn units_are_binary_and_documented_in_errors() {
+    // "MB" is MiB, as it always was in shimmer configs.
+    assert_eq!(
+        ByteSize::parse("1MB").unwrap(),
+        ByteSize::parse("1MiB").unwrap()
+    );
+    assert_eq!(ByteSize::parse("1MB").unwrap().0, 1 << 20);
+    assert_eq!(ByteSize::parse("1 kb").unwrap().0, 1024);
+    let e = ByteSize::parse("1PB").unwrap_err();
+    assert!(e.contains("binary"), "{e}");
+    let e = error_of(&format!("{GOOD}  cache:\n    memory_bytes: 1K\n"));
+    assert!(e.contains("1 MiB"), "{e}");
 }

@@ -1,0 +1,154 @@
+//! The file as written: the serde schema of the `shimmer:` section, with its defaults.
+//! Nothing here is validated; [`super::render`] turns it into a [`super::Config`] and
+//! nothing else reads these types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ops::{RawAdmin, RawTls};
+use super::units::{ByteSize, Seconds};
+use super::Mode;
+use crate::fleet::Algorithm;
+
+/// The whole file as shimmer reads it; Pingora reads its own top-level keys itself.
+#[derive(Deserialize)]
+pub(super) struct File {
+    pub shimmer: Option<RawShimmer>,
+}
+
+/// The `shimmer:` section as written. Unknown keys are refused so typos are loud.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShimmer {
+    pub node: String,
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    pub origin: RawOrigin,
+    #[serde(default = "default_source")]
+    pub source: String,
+    #[serde(default)]
+    pub sync: RawSync,
+    #[serde(rename = "static", default)]
+    pub static_fleet: RawStaticFleet,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrigin {
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Seconds,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Seconds,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Seconds,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStaticFleet {
+    pub image_ilink: Option<String>,
+    pub image_tlink: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub memory_bytes: ByteSize,
+    pub max_object_bytes: ByteSize,
+    pub lock_timeout: Seconds,
+    pub not_found_ttl: Seconds,
+    /// The disk tier's directory; none: memory only.
+    pub dir: Option<PathBuf>,
+    pub disk_bytes: Option<ByteSize>,
+    pub disk_max_object_bytes: Option<ByteSize>,
+    pub fsync: bool,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            memory_bytes: ByteSize(256 << 20),
+            max_object_bytes: ByteSize(128 << 20),
+            lock_timeout: Seconds(Duration::from_secs(10)),
+            not_found_ttl: Seconds(Duration::from_secs(10)),
+            dir: None,
+            disk_bytes: None,
+            disk_max_object_bytes: None,
+            fsync: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub cache_control: String,
+    pub max_path_bytes: usize,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            cache_control: "public, max-age=31536000, immutable".into(),
+            max_path_bytes: 2048,
+        }
+    }
+}
+
+/// `shimmer.sync`: how the database source is read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSync {
+    pub interval: Seconds,
+    pub full_reread: Seconds,
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        let d = crate::sync::SyncOptions::default();
+        RawSync {
+            interval: Seconds(d.interval),
+            full_reread: Seconds(d.full_reread),
+            state_file: None,
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+fn default_source() -> String {
+    "static".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_connect_timeout() -> Seconds {
+    Seconds(Duration::from_secs(2))
+}
+fn default_read_timeout() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_idle_timeout() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
