@@ -21,6 +21,7 @@ use crate::shimmie::Source;
 
 mod fixed;
 pub mod ops;
+mod peers;
 mod raw;
 mod render;
 pub mod units;
@@ -120,6 +121,8 @@ pub struct Settings {
     pub admin: ops::Admin,
     /// The TLS listeners in force and the https redirect, when TLS runs.
     pub tls: Option<ops::Tls>,
+    /// The other mirrors: addresses, the fleet token, health checks, proxy mode.
+    pub peers: crate::peers::PeerSettings,
 }
 
 impl fmt::Debug for Config {

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod object;
 pub mod origin;
 pub mod owners;
+pub mod peers;
 pub mod proxy;
 pub mod reload;
 pub mod request;

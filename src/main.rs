@@ -152,6 +152,10 @@ fn run(opt: Opt, loaded: Config, path: Option<PathBuf>) -> ExitCode {
         let _ = shared.sync.set(sync.task());
         server.add_service(sync);
     }
+    server.add_service(background_service(
+        "peer health",
+        shimmer::peers::health::HealthService::new(&shared.peers),
+    ));
     {
         let (rows, details) = (shared.clone(), shared.clone());
         metrics::register_tiers_with_details(

@@ -56,6 +56,43 @@ metric!(ORIGIN_SECONDS: HistogramVec = register_histogram_vec!(
     LATENCY_BUCKETS.to_vec()
 ));
 
+metric!(PEER_UP: IntGaugeVec = register_int_gauge_vec!(
+    "shimmer_peer_up",
+    "Whether a peer mirror is up (1) or down (0), as this node sees it (health checks and passive failures).",
+    &["peer"]
+));
+
+metric!(PEER_TRANSITIONS: IntCounterVec = register_int_counter_vec!(
+    "shimmer_peer_transitions_total",
+    "Peer health flips seen by the health checks, by peer and new state (up, down).",
+    &["peer", "state"]
+));
+
+metric!(PEER_PASSIVE_FAILURES: IntCounterVec = register_int_counter_vec!(
+    "shimmer_peer_passive_failures_total",
+    "Peers taken out because a request to them failed before its first byte.",
+    &["peer"]
+));
+
+metric!(PEER_REQUESTS: IntCounterVec = register_int_counter_vec!(
+    "shimmer_peer_requests_total",
+    "Requests proxied to a peer mirror, by peer and result (ok, not_found, server_error, connect_error, timeout, error).",
+    &["peer", "result"]
+));
+
+metric!(PEER_SECONDS: HistogramVec = register_histogram_vec!(
+    "shimmer_peer_response_seconds",
+    "Time from choosing a peer to its response header, by result.",
+    &["result"],
+    LATENCY_BUCKETS.to_vec()
+));
+
+metric!(FAILOVERS: IntCounterVec = register_int_counter_vec!(
+    "shimmer_failovers_total",
+    "Requests whose primary owner was down, by where they went (secondary, local: every owner down).",
+    &["to"]
+));
+
 metric!(TLS_HANDSHAKES: IntCounterVec = register_int_counter_vec!(
     "shimmer_tls_handshakes_total",
     "TLS handshakes by stage: started, completed, cert_error (started minus completed failed).",
@@ -156,6 +193,15 @@ pub fn init() {
     Lazy::force(&SYNC_TEMPLATE_ERRORS);
     Lazy::force(&SYNC_LAST_SUCCESS);
     Lazy::force(&SYNC_BANS);
+    Lazy::force(&PEER_UP);
+    Lazy::force(&PEER_TRANSITIONS);
+    Lazy::force(&PEER_PASSIVE_FAILURES);
+    Lazy::force(&PEER_REQUESTS);
+    Lazy::force(&PEER_SECONDS);
+    Lazy::force(&FAILOVERS);
+    for to in ["secondary", "local"] {
+        FAILOVERS.with_label_values(&[to]);
+    }
     for silo in ["_images", "_thumbs"] {
         for outcome in OUTCOMES {
             REQUESTS.with_label_values(&[silo, outcome]);
@@ -169,6 +215,17 @@ pub fn init() {
     }
     for cause in ["admin", "ban"] {
         PURGES.with_label_values(&[cause]);
+    }
+}
+
+/// Copies the peers' health into `shimmer_peer_up` (at scrape time): one series per
+/// peer of the current view, so a peer that left the view leaves the scrape too.
+pub fn observe_peers(states: &[(String, bool)]) {
+    PEER_UP.reset();
+    for (peer, up) in states {
+        PEER_UP
+            .with_label_values(&[peer.as_str()])
+            .set(i64::from(*up));
     }
 }
 

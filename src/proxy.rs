@@ -18,11 +18,16 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 mod memory_hit;
+mod route;
+mod upstream;
 
 use crate::config::Settings;
 use crate::metrics;
-use crate::request::{self, MediaRequest, Reject, HOP_PARAM};
+use crate::peers::{HEALTH_PATH, HOP_HEADER};
+use crate::request::{self, MediaRequest, Reject};
 use crate::state::Shared;
+use route::Route;
+use upstream::{observe_origin, origin_error_result};
 
 /// How long a 200 is fresh. Content is addressed by its md5, so it never changes;
 /// bans and purges remove it explicitly.
@@ -61,6 +66,13 @@ pub struct RequestCtx {
     origin_started: Option<Instant>,
     /// Answered by the memory-hit fast path (pingora-cache never ran).
     memory_hit: bool,
+    /// Where the request is served (a peer in proxy mode, or here).
+    route: Route,
+    /// The peer the current upstream attempt goes to; `None`: an origin.
+    peer: Option<String>,
+    peer_started: Option<Instant>,
+    /// Peers tried so far, so a retry moves on to the next acting owner.
+    peers_tried: Vec<String>,
     started: Instant,
 }
 
@@ -82,6 +94,10 @@ impl ProxyHttp for Mirror {
             origin_tries: 0,
             origin_started: None,
             memory_hit: false,
+            route: Route::Here,
+            peer: None,
+            peer_started: None,
+            peers_tried: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -98,6 +114,15 @@ impl ProxyHttp for Mirror {
             resp.insert_header(header::CONTENT_LENGTH, 0)?;
             resp.insert_header("x-shimmer-node", ctx.settings.node.as_str())?;
             session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        if session.req_header().uri.path() == HEALTH_PATH {
+            ctx.outcome = Outcome::Rejected;
+            let ok = Reject {
+                status: 200,
+                reason: "ok",
+            };
+            respond_text(session, &ctx.settings, ok).await?;
             return Ok(true);
         }
         let req = session.req_header();
@@ -126,15 +151,26 @@ impl ProxyHttp for Mirror {
             return Ok(true);
         }
         let fleet = self.shared.fleet.load();
-        let hex = media.hash.hex();
-        let owners = fleet.owners(media.silo, &hex);
-        let node = ctx.settings.node.as_str();
-        // A request another mirror already redirected is served whatever our view
-        // says: two mirrors that briefly disagree must not bounce a client forever.
-        if !media.hopped && !owners.is_owner(node) {
-            if let Some(primary) = owners.primary() {
-                let url = fleet.node_url(media.silo, primary, &hex, &media.rest);
-                let location = with_hop_marker(&url, node);
+        let peers = &self.shared.peers;
+        // A request another mirror of the fleet sent here is served whatever our view
+        // says (two mirrors that briefly disagree must not bounce it forever); only a
+        // verified marker counts, so a visitor cannot steer a non-owner to the origin.
+        let marker = media.hop.as_deref().or_else(|| {
+            let req = session.req_header();
+            req.headers.get(HOP_HEADER).and_then(|v| v.to_str().ok())
+        });
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let token = peers.settings().token.clone();
+        let hopped = route::hop_trusted(peers, token.as_ref(), marker, media.object(), client_ip);
+        let (way, failover) = route::decide(&fleet, peers, ctx.settings.mode, &media, hopped);
+        if let Some(to) = failover {
+            metrics::FAILOVERS.with_label_values(&[to]).inc();
+        }
+        match way {
+            Route::Redirect { location } => {
                 ctx.outcome = Outcome::Redirect;
                 ctx.media = Some(media);
                 let mut resp = ResponseHeader::build(307, Some(4))?;
@@ -142,10 +178,18 @@ impl ProxyHttp for Mirror {
                 resp.insert_header(header::CONTENT_LENGTH, 0)?;
                 // Placement follows the live weights: a browser must not remember it.
                 resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-                resp.insert_header("x-shimmer-node", node)?;
+                resp.insert_header("x-shimmer-node", ctx.settings.node.as_str())?;
                 session.write_response_header(Box::new(resp), true).await?;
                 return Ok(true);
             }
+            Route::Proxy { .. } => {
+                // Not stored here: the owner holds it, and one copy per object per
+                // owner is what makes the fleet one cache.
+                ctx.route = way;
+                ctx.media = Some(media);
+                return Ok(false);
+            }
+            Route::Here => {}
         }
         if memory_hit::serve(session, &self.shared.cache.storage, &media, &ctx.settings).await? {
             ctx.outcome = Outcome::Served;
@@ -158,6 +202,9 @@ impl ProxyHttp for Mirror {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if matches!(ctx.route, Route::Proxy { .. }) {
+            return Ok(());
+        }
         let parts = self.shared.cache;
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(ctx.settings.lock_timeout);
@@ -192,6 +239,9 @@ impl ProxyHttp for Mirror {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(peer) = upstream::peer_for(&self.shared, ctx) {
+            return Ok(peer);
+        }
         let s = &ctx.settings;
         let origin = s
             .origins
@@ -225,6 +275,21 @@ impl ProxyHttp for Mirror {
             .parse::<http::Uri>()
             .or_err(ErrorType::InternalError, "origin path is not a URI")?;
         upstream.set_uri(uri);
+        // Cookies and credentials of the visitor are nobody's business upstream.
+        upstream.remove_header(&header::COOKIE);
+        upstream.remove_header(&header::AUTHORIZATION);
+        upstream.remove_header(HOP_HEADER);
+        if let Some(node) = &ctx.peer {
+            // Range and conditionals go to the owner unchanged; the signed marker
+            // makes the owner serve it, never pass it on.
+            let peers = &self.shared.peers;
+            let token = peers.settings().token.clone();
+            let marker = route::hop_marker(peers, token.as_ref(), media.object());
+            upstream.insert_header(HOP_HEADER, marker)?;
+            let host = peers.table().nodes.get(node).map(|a| a.host.clone());
+            upstream.insert_header(header::HOST, host.unwrap_or_default())?;
+            return Ok(());
+        }
         let s = &ctx.settings;
         let host = match &s.origin_host {
             Some(h) => h.clone(),
@@ -234,10 +299,6 @@ impl ProxyHttp for Mirror {
             }
         };
         upstream.insert_header(header::HOST, host)?;
-        // The origin serves public files: the visitor's cookies and credentials are
-        // none of its business.
-        upstream.remove_header(&header::COOKIE);
-        upstream.remove_header(&header::AUTHORIZATION);
         Ok(())
     }
 
@@ -254,6 +315,11 @@ impl ProxyHttp for Mirror {
             500..=599 => "server_error",
             _ => "other",
         };
+        if ctx.peer.is_some() {
+            // The owner's answer is the answer: status, headers and bytes unchanged.
+            upstream::observe_peer(ctx, result);
+            return Ok(());
+        }
         observe_origin(ctx, result);
         if status >= 500 {
             // Never pass an origin's error on as content. Another origin may have it.
@@ -315,6 +381,10 @@ impl ProxyHttp for Mirror {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.outcome = Outcome::Served;
+        if ctx.peer.is_some() {
+            resp.insert_header("x-shimmer-via", ctx.settings.node.as_str())?;
+            return Ok(());
+        }
         // A bodiless answer (HEAD, 304, 416) to a miss ends while the fill still reads the
         // origin's body; Pingora may then drop the connection under a client that has
         // already sent its next request on it. Saying `Connection: close` up front
@@ -335,6 +405,11 @@ impl ProxyHttp for Mirror {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if ctx.peer.is_some() {
+            upstream::peer_failed(&self.shared, ctx, &e);
+            e.set_retry(session.response_written().is_none());
+            return e;
+        }
         observe_origin(ctx, origin_error_result(&e));
         e.set_retry(
             ctx.origin_tries < ctx.settings.origins.len() && session.response_written().is_none(),
@@ -350,6 +425,15 @@ impl ProxyHttp for Mirror {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
+        if ctx.peer.is_some() {
+            let mut e = e.more_context(format!("peer {peer}"));
+            if session.response_written().is_none() {
+                // Nothing reached the client yet: the next acting owner, then the origin.
+                upstream::peer_failed(&self.shared, ctx, &e);
+                e.set_retry(true);
+            }
+            return e;
+        }
         let mut e = e.more_context(format!("origin {peer}"));
         if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
             if ctx.origin_started.is_some() {
@@ -424,6 +508,7 @@ impl ProxyHttp for Mirror {
             Outcome::Banned => "banned",
             Outcome::Redirect => "redirect",
             Outcome::Error | Outcome::Pending => "error",
+            Outcome::Served if ctx.peer.is_some() => "proxy",
             Outcome::Served if status == 404 => "not_found",
             Outcome::Served if status >= 500 => "error",
             Outcome::Served if ctx.memory_hit => "hit",
@@ -484,27 +569,6 @@ fn cache_status(phase: CachePhase) -> &'static str {
     }
 }
 
-fn origin_error_result(e: &Error) -> &'static str {
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            "timeout"
-        }
-        ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => {
-            "connect_error"
-        }
-        _ => "error",
-    }
-}
-
-fn observe_origin(ctx: &mut RequestCtx, result: &'static str) {
-    metrics::ORIGIN_REQUESTS.with_label_values(&[result]).inc();
-    if let Some(t) = ctx.origin_started.take() {
-        metrics::ORIGIN_SECONDS
-            .with_label_values(&[result])
-            .observe(t.elapsed().as_secs_f64());
-    }
-}
-
 /// Where a plain-HTTP request goes when TLS is configured with `redirect_http`.
 fn https_redirect(session: &Session, settings: &Settings) -> Option<String> {
     let tls = settings.tls.as_ref().filter(|t| t.redirect_http)?;
@@ -531,12 +595,6 @@ fn https_redirect(session: &Session, settings: &Settings) -> Option<String> {
     Some(format!("https://{host}{port}{path}"))
 }
 
-/// The owner's URL plus the hop marker (see [`request::HOP_PARAM`]).
-fn with_hop_marker(url: &str, from_node: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{HOP_PARAM}={from_node}")
-}
-
 /// A short plain-text response for refusals and failures; never cached.
 async fn respond_text(session: &mut Session, settings: &Settings, reject: Reject) -> Result<()> {
     let body = Bytes::from(format!("{}\n", reject.reason));
@@ -555,21 +613,4 @@ async fn respond_text(session: &mut Session, settings: &Settings, reject: Reject
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_marker_is_appended_as_a_query_parameter() {
-        assert_eq!(
-            with_hop_marker("http://b/_images/x/y.jpg", "a"),
-            "http://b/_images/x/y.jpg?shimmer_hop=a"
-        );
-        assert_eq!(
-            with_hop_marker("http://b/y?z=1", "a"),
-            "http://b/y?z=1&shimmer_hop=a"
-        );
-    }
 }

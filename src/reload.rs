@@ -107,7 +107,7 @@ impl Reloader {
             .then(|| (old.log_level.clone(), new.log_level.clone()));
         let node_changed = new.node != old.node;
         let node = new.node.clone();
-        self.shared.settings.store(Arc::new(new));
+        self.shared.install_settings(new);
         // With a database source the view follows the database; the YAML's `static`
         // templates only matter at start (before the first sync or the state file).
         if self.fixed.source.is_none() && fixed.source.is_none() {

@@ -17,8 +17,9 @@ pub struct MediaRequest {
     /// What followed the hash in the path, as sent (still percent-encoded): empty, or
     /// starting with `/` or `.` (Shimmie's rule is `/<silo>/<hash><anything>`).
     pub rest: String,
-    /// The request carries the hop marker: another mirror already sent it here.
-    pub hopped: bool,
+    /// The hop marker's value, as sent (`?shimmer_hop=`): another mirror says it sent
+    /// the request here. Trusted only once verified (`crate::peers::hop`).
+    pub hop: Option<String>,
 }
 
 /// Why a request was refused, with the status and a short reason for the body.
@@ -78,15 +79,17 @@ pub fn parse(
         return Err(reject(400, "hash must be 32 hex digits"));
     }
     check_rest(rest)?;
-    let hopped = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv.split('=').next() == Some(HOP_PARAM))
+    let hop = query.and_then(|q| {
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == HOP_PARAM).then(|| v.to_owned())
+        })
     });
     Ok(MediaRequest {
         silo,
         hash,
         rest: rest.to_owned(),
-        hopped,
+        hop,
     })
 }
 
@@ -158,7 +161,7 @@ mod tests {
         assert_eq!(r.silo, Silo::Images);
         assert_eq!(&*r.hash.hex(), H);
         assert_eq!(r.rest, "/5424912%20-%20Bocchi_the_Rock%21.jpg");
-        assert!(!r.hopped);
+        assert!(r.hop.is_none());
         assert_eq!(r.origin_path(), p);
         assert_eq!(r.object(), ObjectRef::new(Silo::Images, r.hash));
     }
@@ -176,11 +179,12 @@ mod tests {
     #[test]
     fn hop_marker_is_seen_in_any_position() {
         let p = format!("/_images/{H}/x.jpg");
-        let hopped = |q| parse(&Method::GET, &p, Some(q), 2048).unwrap().hopped;
-        assert!(hopped("shimmer_hop=a"));
-        assert!(hopped("x=1&shimmer_hop"));
-        assert!(!hopped("shimmer_hopx=1"));
-        assert!(!hopped("x=shimmer_hop"));
+        let hop = |q| parse(&Method::GET, &p, Some(q), 2048).unwrap().hop;
+        assert_eq!(hop("shimmer_hop=a").as_deref(), Some("a"));
+        assert_eq!(hop("x=1&shimmer_hop").as_deref(), Some(""));
+        assert_eq!(hop("shimmer_hop=1.ab.c&y").as_deref(), Some("1.ab.c"));
+        assert_eq!(hop("shimmer_hopx=1"), None);
+        assert_eq!(hop("x=shimmer_hop"), None);
     }
 
     #[test]

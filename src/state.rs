@@ -23,6 +23,7 @@ use crate::config::{Fixed, Settings};
 use crate::fleet::{FleetView, Silo};
 use crate::metrics;
 use crate::object::Md5;
+use crate::peers::{peer_table, Peers};
 use crate::shimmie::Bans;
 use crate::sync::{SyncService, SyncTarget};
 
@@ -82,10 +83,14 @@ pub struct Shared {
     pub bans: Bans,
     /// The database sync, when the source is a database (for status and metrics).
     pub sync: OnceLock<Arc<SyncService>>,
+    /// The other mirrors: addresses and health (probed by `peers::health`).
+    pub peers: Arc<Peers>,
 }
 
 impl Shared {
     pub fn new(settings: Settings, fleet: FleetView, cache: &'static CacheParts) -> Arc<Shared> {
+        let table = peer_table(&settings.node, &fleet, &settings.peers.peers);
+        let peers = Peers::new(&settings.node, table, settings.peers.clone());
         let shared = Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
             fleet: ArcSwap::from_pointee(fleet),
@@ -94,6 +99,7 @@ impl Shared {
             ready: Readiness::default(),
             bans: Bans::new(),
             sync: OnceLock::new(),
+            peers,
         });
         shared.record_view(&shared.fleet.load(), 1);
         shared
@@ -104,6 +110,20 @@ impl Shared {
         let version = self.view_version.fetch_add(1, Ordering::SeqCst) + 1;
         self.record_view(&view, version);
         self.fleet.store(Arc::new(view));
+        self.refresh_peers();
+    }
+
+    /// Swaps in new settings (a reload): requests already running keep theirs.
+    pub fn install_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+        self.refresh_peers();
+    }
+
+    /// The peer table follows the view (template links) and `shimmer.peers`.
+    fn refresh_peers(&self) {
+        let s = self.settings.load();
+        let table = peer_table(&s.node, &self.fleet.load(), &s.peers.peers);
+        self.peers.update(&s.node, table, s.peers.clone());
     }
 
     fn record_view(&self, view: &FleetView, version: u64) {

@@ -46,6 +46,16 @@ pub struct RawShimmer {
     pub tls: Option<RawTls>,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Node name -> base URL for mirror-to-mirror traffic.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// The fleet's shared secret, which signs hops between mirrors.
+    #[serde(default)]
+    pub fleet_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub health: super::peers::RawHealth,
+    #[serde(default)]
+    pub proxy: super::peers::RawProxy,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,7 +10,7 @@ use pingora::server::configuration::ServerConf;
 use super::fixed::{server_keys, Fixed};
 use super::raw::{File, RawCache, RawShimmer};
 use super::units::ByteSize;
-use super::{ops, Config, ConfigError, Live, Mode, OriginServer, Settings};
+use super::{ops, Config, ConfigError, Live, OriginServer, Settings};
 use crate::cache::disk::DiskConfig;
 use crate::fleet::{FleetSpec, FleetView};
 
@@ -78,12 +78,12 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         l.parse::<SocketAddr>()
             .map_err(|e| ("shimmer.listen", format!("{l:?}: {e}")))?;
     }
-    if raw.mode == Mode::Proxy {
-        return Err((
-            "shimmer.mode",
-            "proxy mode is not available yet; use redirect".into(),
-        ));
-    }
+    let peers = super::peers::render(
+        &raw.peers,
+        raw.fleet_token_file.as_ref(),
+        &raw.health,
+        &raw.proxy,
+    )?;
     let (source, database) = match raw.source.trim() {
         "static" => (None, None),
         // Syntax only, no connection: a database that is down now must not stop the
@@ -184,6 +184,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
             listen: t.listeners.listen.clone(),
             redirect_http: t.redirect_http,
         }),
+        peers,
     };
     Ok(Config {
         fixed,

@@ -139,12 +139,37 @@ fn broken_template_is_refused_naming_the_entry() {
 
 #[test]
 fn unavailable_mode_and_source_are_refused_clearly() {
-    let e = error_of(&broken("  node: a", "  node: a\n  mode: proxy"));
-    assert!(e.contains("shimmer.mode"), "{e}");
     let e = error_of(&broken("  node: a", "  node: a\n  mode: teleport"));
     assert!(e.contains("teleport"), "{e}");
     let e = error_of(&broken("  node: a", "  node: a\n  source: \"oracle://db\""));
     assert!(e.contains("shimmer.source"), "{e}");
+}
+
+#[test]
+fn proxy_mode_and_peers_parse() {
+    let text = broken(
+        "  node: a",
+        "  node: a\n  mode: proxy\n  peers:\n    b: \"http://10.0.0.2:8080\"\n  health:\n    interval: 500ms\n    rise: 3\n  proxy:\n    timeout: 1s",
+    );
+    let l = parse_str(&text).unwrap();
+    let s = &l.live.settings;
+    assert_eq!(s.mode, Mode::Proxy);
+    assert_eq!(s.peers.peers["b"].port, 8080);
+    assert_eq!(s.peers.health.interval, Duration::from_millis(500));
+    assert_eq!((s.peers.health.rise, s.peers.health.fall), (3, 2));
+    assert_eq!(s.peers.timeout, Duration::from_secs(1));
+    let e = error_of(&broken(
+        "  node: a",
+        "  node: a\n  peers:\n    b: \"10.0.0.2\"",
+    ));
+    assert!(e.contains("shimmer.peers"), "{e}");
+    let e = error_of(&broken("  node: a", "  node: a\n  health:\n    fall: 0"));
+    assert!(e.contains("shimmer.health.fall"), "{e}");
+    let e = error_of(&broken(
+        "  node: a",
+        "  node: a\n  fleet_token_file: /nonexistent/t",
+    ));
+    assert!(e.contains("shimmer.fleet_token_file"), "{e}");
 }
 
 #[test]

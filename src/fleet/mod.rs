@@ -16,6 +16,7 @@
 //! `pingora-load-balancing`.
 
 mod error;
+mod failover;
 mod flexihash;
 mod murmur;
 mod php;
@@ -26,6 +27,7 @@ mod share;
 mod template;
 
 pub use error::FleetError;
+pub use failover::{acting_owner, Acting};
 pub use flexihash::{MAX_POSITIONS, REPLICAS};
 pub use murmur::{murmur3_32, Murmur3};
 pub use php::int_cast as php_int_cast;

@@ -1,0 +1,110 @@
+//! Step 3 of a request's way with peers: which node serves it, and how it gets there.
+//! Pure decisions over the request, the fleet view and the peers' health; the proxy
+//! acts on them.
+
+use std::net::IpAddr;
+
+use crate::cache::unix_now;
+use crate::config::Mode;
+use crate::fleet::{acting_owner, Acting, FleetView};
+use crate::object::ObjectRef;
+use crate::peers::hop::FleetToken;
+use crate::peers::Peers;
+use crate::request::{MediaRequest, HOP_PARAM};
+
+/// Where a media request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Served here, from the cache or the origin.
+    Here,
+    /// 307 to the acting owner's link.
+    Redirect { location: String },
+    /// Fetched from the acting owner and streamed (proxy mode).
+    Proxy { node: String },
+}
+
+/// Whether the request's hop marker (`?shimmer_hop=` or the peer header) may be
+/// believed: a valid signature with the fleet token, or, without a token, a request
+/// from a peer's own address. A visitor's marker is neither.
+pub(super) fn hop_trusted(
+    peers: &Peers,
+    token: Option<&FleetToken>,
+    marker: Option<&str>,
+    obj: ObjectRef,
+    client: Option<IpAddr>,
+) -> bool {
+    let Some(marker) = marker else {
+        return false;
+    };
+    match token {
+        Some(t) => t
+            .verify(marker, obj, unix_now())
+            .is_some_and(|from| from != peers.me().as_str()),
+        None => client.is_some_and(|ip| peers.is_peer_address(ip)),
+    }
+}
+
+/// The marker this node attaches when it sends a request for `obj` to a peer.
+pub(super) fn hop_marker(peers: &Peers, token: Option<&FleetToken>, obj: ObjectRef) -> String {
+    match token {
+        Some(t) => t.sign(&peers.me(), obj, unix_now()),
+        None => peers.me().to_string(),
+    }
+}
+
+/// What the request's way is, and whether it is a failover (for the metrics).
+pub(super) fn decide(
+    view: &FleetView,
+    peers: &Peers,
+    mode: Mode,
+    media: &MediaRequest,
+    hopped: bool,
+) -> (Route, Option<&'static str>) {
+    let hex = media.hash.hex();
+    let owners = view.owners(media.silo, &hex);
+    let token = peers.settings().token.clone();
+    let me = peers.me();
+    match acting_owner(owners, &me, hopped, |n| peers.is_up(n)) {
+        Acting::Here => (Route::Here, None),
+        Acting::Fallback => (Route::Here, Some("local")),
+        Acting::Peer { node, failover } => {
+            let failover = failover.then_some("secondary");
+            let route = match mode {
+                Mode::Proxy => Route::Proxy {
+                    node: node.to_owned(),
+                },
+                Mode::Redirect => {
+                    let url = view.node_url(media.silo, node, &hex, &media.rest);
+                    let marker = hop_marker(peers, token.as_ref(), media.object());
+                    Route::Redirect {
+                        location: with_hop_marker(&url, &marker),
+                    }
+                }
+            };
+            (route, failover)
+        }
+    }
+}
+
+/// `url` with the hop marker appended to its query.
+pub(super) fn with_hop_marker(url: &str, marker: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{HOP_PARAM}={marker}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_marker_is_appended_to_the_query() {
+        assert_eq!(
+            with_hop_marker("http://b/_images/x/y.jpg", "a"),
+            "http://b/_images/x/y.jpg?shimmer_hop=a"
+        );
+        assert_eq!(
+            with_hop_marker("http://b/y?z=1", "a"),
+            "http://b/y?z=1&shimmer_hop=a"
+        );
+    }
+}
