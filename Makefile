@@ -7,18 +7,26 @@ BIN := target/release/shimmer
 # command is missing. The database servers live off PATH on Debian, hence the paths
 # (the glob expands in `command -v`).
 BUILD_DEPS := cmake:cmake pkg-config:pkg-config cc:gcc perl:perl make:make curl:curl
-TEST_DEPS := promtool:prometheus openssl:openssl \
-  /usr/lib/postgresql/*/bin/postgres:postgresql /usr/sbin/mariadbd:mariadb-server
+# `make run` and `make demo` create their Shimmie database with the sqlite3 CLI; the
+# demo renders its gallery page and serves it with python3.
+RUN_DEPS := sqlite3:sqlite3 python3:python3
+# The newcomer, demo and fleet tests run those scripts; the demo test drives Chromium.
+TEST_DEPS := $(RUN_DEPS) promtool:prometheus openssl:openssl \
+  /usr/lib/postgresql/*/bin/postgres:postgresql /usr/sbin/mariadbd:mariadb-server \
+  /usr/bin/chromium:chromium
 # `make bench` runs shimmer beside nginx and Varnish; wrk drives them, taskset pins them.
 BENCH_DEPS := /usr/sbin/nginx:nginx /usr/sbin/varnishd:varnish wrk:wrk taskset:util-linux \
   python3:python3
-.PHONY: all deps test-deps bench-deps install-missing build run demo test lint bench clean
+.PHONY: all deps run-deps test-deps bench-deps install-missing build run demo test lint bench clean
 
 all: build
 
 # Installs only what is missing; `apt-get update` runs once, and only if needed.
 deps:
 	@$(MAKE) --no-print-directory install-missing PAIRS="$(BUILD_DEPS)"
+
+run-deps: deps
+	@$(MAKE) --no-print-directory install-missing PAIRS="$(RUN_DEPS)"
 
 test-deps: deps
 	@$(MAKE) --no-print-directory install-missing PAIRS="$(TEST_DEPS)"
@@ -37,13 +45,15 @@ install-missing:
 build: deps
 	$(CARGO) build --release --locked
 
-# One mirror (node a) on the embedded default config, in front of the built-in
+# One mirror (node 8080) on the embedded default config, reading the SQLite Shimmie
+# database target/run/shimmie.db (made on the first run), in front of the built-in
 # origin serving conf/sample-data. Ctrl-C stops both.
-run: build
+run: build run-deps
 	@scripts/run.sh $(BIN)
 
-# Three mirrors with weights 5, 5 and 10 and one origin, on 127.0.0.1 ports.
-demo: build
+# Three mirrors (weights 5, 5 and 10) on one SQLite Shimmie database, one origin and a
+# gallery page whose images come through the fleet, on 127.0.0.1 ports.
+demo: build run-deps
 	@scripts/demo.sh $(BIN)
 
 # The whole suite: unit, property and integration tests, on one release build that

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod fleet;
+pub mod fleet_table;
 pub mod media_type;
 pub mod metrics;
 pub mod object;

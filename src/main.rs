@@ -54,12 +54,15 @@ enum Command {
     Owners(owners::OwnersArgs),
     /// Serve a Shimmie data directory as an origin.
     Origin(origin::OriginArgs),
+    /// Print the fleet's table from each mirror's admin /status and /metrics.
+    Fleet(shimmer::fleet_table::FleetArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Owners(args)) => return owners::run(args),
+        Some(Command::Fleet(args)) => return shimmer::fleet_table::run(args),
         Some(Command::Origin(args)) => {
             let _ = init_tracing(tracing_subscriber::EnvFilter::new("info"));
             return origin::run(args);

@@ -30,7 +30,7 @@ fn error_of(text: &str) -> String {
 #[test]
 fn embedded_default_is_valid() {
     let l = parse_str(include_str!("../../conf/shimmer.yaml")).unwrap();
-    assert_eq!(l.live.settings.node, "a");
+    assert_eq!(l.live.settings.node, "8080");
     assert_eq!(l.server.grace_period_seconds, Some(10));
 }
 

@@ -17,6 +17,7 @@ pub mod http;
 pub mod mirror;
 pub mod origin;
 pub mod proc;
+pub mod script;
 pub mod wait;
 
 // Each test binary uses a different part of the harness.
