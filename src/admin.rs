@@ -56,6 +56,14 @@ impl ServeHttp for AdminApp {
                 if let Some(sync) = self.shared.sync.get() {
                     metrics::observe_sync(&sync.status());
                 }
+                let peers: Vec<(String, bool)> = self
+                    .shared
+                    .peers
+                    .states()
+                    .into_iter()
+                    .map(|(node, _, up)| (node, up))
+                    .collect();
+                metrics::observe_peers(&peers);
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -121,7 +129,21 @@ impl AdminApp {
             "silos": silos,
             "cache": tiers,
             "source": self.source_status(),
+            "peers": self.peers_status(),
         })
+    }
+
+    fn peers_status(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .peers
+            .states()
+            .into_iter()
+            .map(|(node, addr, up)| {
+                let scheme = if addr.tls { "https" } else { "http" };
+                json!({"node": node, "url": format!("{scheme}://{}", addr.authority()),
+                       "state": if up { "up" } else { "down" }})
+            })
+            .collect()
     }
 
     fn source_status(&self) -> serde_json::Value {

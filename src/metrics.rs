@@ -27,7 +27,7 @@ macro_rules! metric {
 
 metric!(REQUESTS: IntCounterVec = register_int_counter_vec!(
     "shimmer_requests_total",
-    "Requests answered, by silo and outcome (hit, miss, pass, redirect, not_found, rejected, error).",
+    "Requests answered, by silo and outcome (hit, miss, pass, redirect, proxy, not_found, rejected, error).",
     &["silo", "outcome"]
 ));
 
@@ -163,11 +163,12 @@ metric!(SYNC_BANS: IntGauge = register_int_gauge!(
 ));
 
 /// Outcomes of [`REQUESTS`], created up front so ratios exist before the first request.
-pub const OUTCOMES: [&str; 7] = [
+pub const OUTCOMES: [&str; 8] = [
     "hit",
     "miss",
     "pass",
     "redirect",
+    "proxy",
     "not_found",
     "rejected",
     "error",
@@ -201,6 +202,9 @@ pub fn init() {
     Lazy::force(&FAILOVERS);
     for to in ["secondary", "local"] {
         FAILOVERS.with_label_values(&[to]);
+    }
+    for result in ["ok", "not_found", "timeout", "connect_error"] {
+        PEER_SECONDS.with_label_values(&[result]);
     }
     for silo in ["_images", "_thumbs"] {
         for outcome in OUTCOMES {

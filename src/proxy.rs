@@ -73,6 +73,8 @@ pub struct RequestCtx {
     peer_started: Option<Instant>,
     /// Peers tried so far, so a retry moves on to the next acting owner.
     peers_tried: Vec<String>,
+    /// Retries on a fresh connection after a pooled one turned out closed.
+    stale_retries: u8,
     started: Instant,
 }
 
@@ -98,6 +100,7 @@ impl ProxyHttp for Mirror {
             peer: None,
             peer_started: None,
             peers_tried: Vec::new(),
+            stale_retries: 0,
             started: Instant::now(),
         }
     }
@@ -423,10 +426,18 @@ impl ProxyHttp for Mirror {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         if ctx.peer.is_some() {
             let mut e = e.more_context(format!("peer {peer}"));
+            if client_reused && session.response_written().is_none() && ctx.stale_retries < 2 {
+                // A pooled connection the peer had closed: not the peer's fault, try it
+                // again on a fresh one.
+                ctx.stale_retries += 1;
+                ctx.peer = None;
+                e.set_retry(true);
+                return e;
+            }
             if session.response_written().is_none() {
                 // Nothing reached the client yet: the next acting owner, then the origin.
                 upstream::peer_failed(&self.shared, ctx, &e);

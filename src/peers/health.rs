@@ -39,6 +39,8 @@ pub struct PeerHealth {
     backends: ArcSwap<HashMap<String, Backend>>,
     /// Nodes a request found dead since their last good probe.
     passive_down: Mutex<HashSet<String>>,
+    /// Nodes whose name the last discovery could not resolve.
+    unresolved: ArcSwap<HashSet<String>>,
     lb: ArcSwap<Option<Arc<LoadBalancer<ShimmieSelection>>>>,
 }
 
@@ -48,21 +50,25 @@ impl PeerHealth {
             settings,
             backends: ArcSwap::from_pointee(HashMap::new()),
             passive_down: Mutex::new(HashSet::new()),
+            unresolved: ArcSwap::from_pointee(HashSet::new()),
             lb: ArcSwap::from_pointee(None),
         }
     }
 
-    pub(super) fn is_up(&self, node: &str) -> bool {
-        let backends = self.backends.load();
-        let Some(backend) = backends.get(node) else {
-            return false;
-        };
+    /// Up unless a probe, a request or DNS says otherwise: a peer not probed yet (just
+    /// started, or new in the view) counts as up, as pingora's health does, so a
+    /// starting fleet does not serve everything from the origin.
+    pub(super) fn is_up(&self, node: &str, unresolved_is_up: bool) -> bool {
         if self.passive_down.lock().contains(node) {
             return false;
         }
-        match &**self.lb.load() {
-            Some(lb) => lb.backends().ready(backend),
-            None => true,
+        if self.unresolved.load().contains(node) {
+            return unresolved_is_up;
+        }
+        let backends = self.backends.load();
+        match (backends.get(node), &**self.lb.load()) {
+            (Some(backend), Some(lb)) => lb.backends().ready(backend),
+            _ => true,
         }
     }
 
@@ -146,6 +152,7 @@ impl ServiceDiscovery for PeerDiscovery {
         let mut set = BTreeSet::new();
         let mut by_node = HashMap::new();
         let mut ips = HashSet::new();
+        let mut unresolved = HashSet::new();
         for (order, (node, addr)) in table.nodes.iter().enumerate() {
             let resolved = match tokio::net::lookup_host(addr.authority()).await {
                 Ok(mut it) => it.next(),
@@ -154,7 +161,10 @@ impl ServiceDiscovery for PeerDiscovery {
                     None
                 }
             };
-            let Some(sock) = resolved else { continue };
+            let Some(sock) = resolved else {
+                unresolved.insert(node.clone());
+                continue;
+            };
             ips.insert(sock.ip());
             let mut backend = Backend {
                 addr: pingora::protocols::l4::socket::SocketAddr::Inet(sock),
@@ -170,6 +180,7 @@ impl ServiceDiscovery for PeerDiscovery {
             set.insert(backend);
         }
         peers.health.backends.store(Arc::new(by_node));
+        peers.health.unresolved.store(Arc::new(unresolved));
         peers.set_addresses(ips);
         Ok((set, HashMap::new()))
     }

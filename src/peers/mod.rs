@@ -229,8 +229,19 @@ impl Peers {
     }
 
     /// Whether `node` is up: itself always, a peer by its health, an unknown node never.
+    /// A peer whose name does not resolve here counts as down (it cannot be proxied to).
     pub fn is_up(&self, node: &str) -> bool {
-        node == self.me.load().as_str() || self.health.is_up(node)
+        node == self.me.load().as_str()
+            || (self.table.load().nodes.contains_key(node) && self.health.is_up(node, false))
+    }
+
+    /// [`Self::is_up`] for redirect mode: the visitor, not this node, connects to the
+    /// peer, so a peer this node cannot resolve (public names seen from a private
+    /// network) is not known to be down. Only probes and failed requests take it out.
+    pub fn is_up_for_redirect(&self, node: &str) -> bool {
+        node == self.me.load().as_str()
+            || !self.table.load().nodes.contains_key(node)
+            || self.health.is_up(node, true)
     }
 
     /// A peer request failed before its first byte: out until its next good probe.
@@ -240,9 +251,15 @@ impl Peers {
         }
     }
 
-    /// The resolved address of a peer, if its last discovery found one.
+    /// The address of a peer: what its last discovery resolved, or, before that, its
+    /// host when it is an IP address.
     pub fn resolved(&self, node: &str) -> Option<std::net::SocketAddr> {
-        self.health.resolved(node)
+        self.health.resolved(node).or_else(|| {
+            let table = self.table.load();
+            let addr = table.nodes.get(node)?;
+            let ip: IpAddr = addr.host.parse().ok()?;
+            Some(std::net::SocketAddr::new(ip, addr.port))
+        })
     }
 
     /// Whether `ip` is one of the peers' resolved addresses.

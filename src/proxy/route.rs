@@ -64,7 +64,12 @@ pub(super) fn decide(
     let owners = view.owners(media.silo, &hex);
     let token = peers.settings().token.clone();
     let me = peers.me();
-    match acting_owner(owners, &me, hopped, |n| peers.is_up(n)) {
+    let secondary_serves = mode == Mode::Redirect;
+    let up = |n: &str| match mode {
+        Mode::Proxy => peers.is_up(n),
+        Mode::Redirect => peers.is_up_for_redirect(n),
+    };
+    match acting_owner(owners, &me, hopped, secondary_serves, up) {
         Acting::Here => (Route::Here, None),
         Acting::Fallback => (Route::Here, Some("local")),
         Acting::Peer { node, failover } => {

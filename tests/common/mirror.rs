@@ -87,6 +87,17 @@ impl Mirror {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// The admin listener (`/status`, `/metrics`) its config names.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let yaml = std::fs::read_to_string(&self.conf).expect("read config");
+        let after = yaml.split("admin:").nth(1).expect("an admin section");
+        let listen = after
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen:"))
+            .expect("admin listen");
+        listen.trim().trim_matches('"').parse().expect("admin addr")
+    }
 }
 
 /// A mirror for the ops tests: node `a` owning everything, the admin listener on its
