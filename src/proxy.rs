@@ -270,8 +270,12 @@ impl ProxyHttp for Mirror {
                 "upstream request without a media request",
             )
         })?;
-        let uri = media
-            .origin_path()
+        // A peer is asked for the visitor's path; an origin for its own layout.
+        let path = match ctx.peer {
+            Some(_) => media.origin_path(),
+            None => crate::origin::upstream::origin_uri(media, &ctx.settings),
+        };
+        let uri = path
             .parse::<http::Uri>()
             .or_err(ErrorType::InternalError, "origin path is not a URI")?;
         upstream.set_uri(uri);
@@ -299,6 +303,8 @@ impl ProxyHttp for Mirror {
             }
         };
         upstream.insert_header(header::HOST, host)?;
+        crate::origin::upstream::finish_request(upstream, s)
+            .map_err(|m| Error::explain(ErrorType::InternalError, m))?;
         Ok(())
     }
 
@@ -308,7 +314,10 @@ impl ProxyHttp for Mirror {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = resp.status.as_u16();
+        let status = match ctx.peer {
+            Some(_) => resp.status.as_u16(),
+            None => crate::origin::upstream::response_status(resp, &ctx.settings),
+        };
         let result = match status {
             200..=299 => "ok",
             404 | 410 => "not_found",
