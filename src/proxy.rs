@@ -73,6 +73,8 @@ pub struct RequestCtx {
     peer_started: Option<Instant>,
     /// Peers tried so far, so a retry moves on to the next acting owner.
     peers_tried: Vec<String>,
+    /// What replaces an origin's error body (S3's XML), see `origin::upstream`.
+    origin_error_body: Option<Bytes>,
     started: Instant,
 }
 
@@ -98,6 +100,7 @@ impl ProxyHttp for Mirror {
             peer: None,
             peer_started: None,
             peers_tried: Vec::new(),
+            origin_error_body: None,
             started: Instant::now(),
         }
     }
@@ -316,7 +319,11 @@ impl ProxyHttp for Mirror {
     ) -> Result<()> {
         let status = match ctx.peer {
             Some(_) => resp.status.as_u16(),
-            None => crate::origin::upstream::response_status(resp, &ctx.settings),
+            None => {
+                let answer = crate::origin::upstream::response(resp, &ctx.settings);
+                ctx.origin_error_body = answer.replace_body;
+                answer.status
+            }
         };
         let result = match status {
             200..=299 => "ok",
@@ -358,6 +365,19 @@ impl ProxyHttp for Mirror {
             }
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(text) = &ctx.origin_error_body {
+            crate::origin::upstream::replace_body(body, end_of_stream, text);
+        }
+        Ok(None)
     }
 
     fn response_cache_filter(

@@ -2,6 +2,7 @@
 //! a line each. The path (template, bucket), the S3 signature, and what an S3 answer
 //! means for a visitor.
 
+use bytes::Bytes;
 use http::header;
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -35,16 +36,29 @@ pub fn finish_request(req: &mut RequestHeader, s: &Settings) -> Result<(), Strin
     s3.sign(req)
 }
 
-/// An origin's answer as the mirror treats it: the status that counts. For S3, a 404,
-/// or a 403 to an anonymous request (a public-read bucket denies listing, so a
-/// missing key is 403), is "not found"; a 403 to a signed request means the
-/// credentials are wrong or lack permission: 502, never cached. S3's own `x-amz-*`
-/// headers are dropped, and an error answer keeps no header that would make its XML
-/// body look like the image.
-pub fn response_status(resp: &mut ResponseHeader, s: &Settings) -> u16 {
+/// How the mirror takes an origin's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The status that counts (502: fail, and fail over if another origin is left).
+    pub status: u16,
+    /// The body to send and cache instead of the origin's (S3's XML errors).
+    pub replace_body: Option<Bytes>,
+}
+
+/// An origin's answer as the mirror treats it. For S3, a 404, or a 403 to an
+/// anonymous request (a public-read bucket denies listing, so a missing key is 403),
+/// is "not found"; a 403 to a signed request means the credentials are wrong or lack
+/// permission: 502, never cached. S3's own `x-amz-*` headers are dropped, and an error
+/// answer's XML body is replaced by a short text, so it is never cached or served as
+/// content.
+pub fn response(resp: &mut ResponseHeader, s: &Settings) -> Answer {
     let status = resp.status.as_u16();
+    let pass = Answer {
+        status,
+        replace_body: None,
+    };
     let Some(s3) = &s.s3 else {
-        return status;
+        return pass;
     };
     strip_amz(
         resp.headers.keys().map(|k| k.as_str().to_owned()).collect(),
@@ -53,26 +67,55 @@ pub fn response_status(resp: &mut ResponseHeader, s: &Settings) -> u16 {
         },
     );
     if status < 400 {
-        return status;
+        return pass;
     }
-    for h in [header::CONTENT_DISPOSITION, header::LAST_MODIFIED] {
-        resp.remove_header(&h);
-    }
-    match status {
+    let status = match status {
         403 if s3.signed() => {
             tracing::warn!(
                 "S3 bucket {} refused a signed request (403): check the credential files",
                 s3.bucket
             );
-            502
+            return Answer {
+                status: 502,
+                replace_body: None,
+            };
         }
-        403 | 404 => {
-            // Only fails for a status out of range; 404 is not.
-            let _ = resp.set_status(404);
-            404
-        }
-        _ => status,
+        403 | 404 => 404,
+        500..=599 => return pass,
+        other => other,
+    };
+    let body = Bytes::from(match status {
+        404 => "not found\n".to_owned(),
+        other => format!("origin answered {other}\n"),
+    });
+    // Only fails for a status out of range; these are S3's own.
+    let _ = resp.set_status(status);
+    for h in [
+        header::CONTENT_DISPOSITION,
+        header::LAST_MODIFIED,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_ENCODING,
+    ] {
+        resp.remove_header(&h);
     }
+    let typed = resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    let sized = resp.insert_header(header::CONTENT_LENGTH, body.len());
+    if typed.is_err() || sized.is_err() {
+        // Cannot happen with these values; fail rather than pass S3's body on.
+        return Answer {
+            status: 502,
+            replace_body: None,
+        };
+    }
+    Answer {
+        status,
+        replace_body: Some(body),
+    }
+}
+
+/// Replaces an upstream body chunk by chunk: nothing until the end, then `text`.
+pub fn replace_body(body: &mut Option<Bytes>, end_of_stream: bool, text: &Bytes) {
+    *body = end_of_stream.then(|| text.clone());
 }
 
 fn strip_amz(names: Vec<String>, mut remove: impl FnMut(&String)) {
@@ -96,5 +139,19 @@ mod tests {
         strip_amz(names, |k| removed.push(k.clone()));
         removed.sort();
         assert_eq!(removed, ["x-amz-id-2", "x-amz-request-id"]);
+    }
+
+    #[test]
+    fn a_replaced_body_is_only_the_text() {
+        let text = Bytes::from_static(b"not found\n");
+        let mut chunk = Some(Bytes::from_static(b"<Error>"));
+        replace_body(&mut chunk, false, &text);
+        assert_eq!(chunk, None);
+        let mut last = Some(Bytes::from_static(b"</Error>"));
+        replace_body(&mut last, true, &text);
+        assert_eq!(last, Some(text.clone()));
+        let mut empty_end = None;
+        replace_body(&mut empty_end, true, &text);
+        assert_eq!(empty_end, Some(text));
     }
 }
