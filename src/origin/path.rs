@@ -86,7 +86,7 @@ impl PathTemplate {
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
-        if !parts.iter().any(|p| *p == Part::Hash) {
+        if !parts.contains(&Part::Hash) {
             // Without the hash every image would be the same file.
             return Err(format!("{text:?} must contain $hash"));
         }

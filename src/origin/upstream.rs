@@ -141,6 +141,73 @@ mod tests {
         assert_eq!(removed, ["x-amz-id-2", "x-amz-request-id"]);
     }
 
+    fn settings(creds: Option<&std::path::Path>) -> Settings {
+        let cred_lines = creds.map_or(String::new(), |d| {
+            format!(
+                "      access_key_id_file: {}/id\n      secret_access_key_file: {}/secret\n",
+                d.display(),
+                d.display()
+            )
+        });
+        let text = format!(
+            "shimmer:\n  node: a\n  static:\n    image_ilink: \"http://x/_images/$hash/$id.$ext\"\n  \
+             origin:\n    s3:\n      endpoint: \"http://127.0.0.1:9\"\n      bucket: b-1\n      \
+             path_style: true\n{cred_lines}"
+        );
+        crate::config::parse(std::path::Path::new("t.yaml"), &text)
+            .expect("config")
+            .live
+            .settings
+    }
+
+    fn answer(s: &Settings, status: u16) -> (Answer, ResponseHeader) {
+        let mut resp = ResponseHeader::build(status, None).unwrap();
+        resp.insert_header("x-amz-request-id", "1").unwrap();
+        resp.insert_header("content-type", "application/xml")
+            .unwrap();
+        resp.insert_header("content-disposition", "inline").unwrap();
+        (response(&mut resp, s), resp)
+    }
+
+    #[test]
+    fn s3_statuses_map_like_http_origins() {
+        let anon = settings(None);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("id"), "AKID\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "s\n").unwrap();
+        let signed = settings(Some(dir.path()));
+        let media = crate::request::parse(
+            &http::Method::GET,
+            "/_images/e28e3076236eff37065d36416001263e/1.jpg",
+            None,
+            2048,
+        )
+        .unwrap();
+        assert_eq!(
+            origin_uri(&media, &anon),
+            "/b-1/e2/8e/e28e3076236eff37065d36416001263e"
+        );
+        let (a, resp) = answer(&anon, 403);
+        assert_eq!((a.status, resp.status.as_u16()), (404, 404));
+        assert_eq!(a.replace_body.as_deref(), Some(&b"not found\n"[..]));
+        assert!(resp.headers.get("x-amz-request-id").is_none());
+        assert!(resp.headers.get("content-disposition").is_none());
+        assert_eq!(resp.headers.get("content-length").unwrap(), "10");
+        assert_eq!(answer(&signed, 403).0.status, 502);
+        assert_eq!(answer(&signed, 404).0.status, 404);
+        let (a, _) = answer(&anon, 503);
+        assert_eq!((a.status, a.replace_body), (503, None));
+        let (a, resp) = answer(&anon, 200);
+        assert_eq!((a.status, a.replace_body), (200, None));
+        assert!(resp.headers.get("x-amz-request-id").is_none());
+        assert_eq!(resp.headers.get("content-disposition").unwrap(), "inline");
+        let (a, _) = answer(&anon, 400);
+        assert_eq!(
+            a.replace_body.as_deref(),
+            Some(&b"origin answered 400\n"[..])
+        );
+    }
+
     #[test]
     fn a_replaced_body_is_only_the_text() {
         let text = Bytes::from_static(b"not found\n");
