@@ -17,7 +17,7 @@ TEST_DEPS := $(RUN_DEPS) promtool:prometheus openssl:openssl \
 # `make bench` runs shimmer beside nginx and Varnish; wrk drives them, taskset pins them.
 BENCH_DEPS := /usr/sbin/nginx:nginx /usr/sbin/varnishd:varnish wrk:wrk taskset:util-linux \
   python3:python3
-.PHONY: all deps run-deps test-deps bench-deps install-missing build run demo test lint bench clean
+.PHONY: all deps run-deps test-deps moto bench-deps install-missing build run demo test lint bench clean
 
 all: build
 
@@ -28,8 +28,18 @@ deps:
 run-deps: deps
 	@$(MAKE) --no-print-directory install-missing PAIRS="$(RUN_DEPS)"
 
-test-deps: deps
+test-deps: deps moto
 	@$(MAKE) --no-print-directory install-missing PAIRS="$(TEST_DEPS)"
+
+# The S3 origin tests (tests/s3_origin.rs) run moto's S3 server, which checks SigV4
+# signatures; it comes from PyPI (no Debian package has a server mode). Installed only
+# when missing; Debian's python refuses pip outside a venv (PEP 668), hence the retry.
+moto:
+	@$(MAKE) --no-print-directory install-missing PAIRS="python3:python3 pip3:python3-pip"
+	@python3 -c 'import moto.server, boto3' 2>/dev/null || { \
+	  echo "installing: moto[server] (pip)"; \
+	  python3 -m pip install --quiet 'moto[server]' || \
+	  python3 -m pip install --quiet --break-system-packages 'moto[server]'; }
 
 install-missing:
 	@missing=""; for pair in $(PAIRS); do \

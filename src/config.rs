@@ -104,6 +104,11 @@ pub struct Settings {
     pub mode: Mode,
     pub origins: Vec<OriginServer>,
     pub origin_host: Option<String>,
+    /// `shimmer.origin.path`, with the origin kind's defaults filled in.
+    pub origin_paths: crate::origin::path::OriginPaths,
+    /// `shimmer.origin.s3`: the bucket and its credentials (then `origins` holds its
+    /// one endpoint).
+    pub s3: Option<Arc<crate::origin::s3::S3Origin>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,

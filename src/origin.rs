@@ -14,11 +14,19 @@
 //!
 //! - `request`: path routing, hash validation, Range and conditional headers (pure).
 //! - `serve`: the Pingora app: file lookup, headers, streaming, counters.
+//!
+//! The mirror's side of origins lives here too:
+//! - `path`: `shimmer.origin.path` templates (`$hash`, `$ab`, `$cd`, `$name`, `$silo`);
+//! - `s3`: `shimmer.origin.s3`, a bucket as the origin, requests signed with SigV4;
+//! - `upstream`: what the proxy's upstream hooks call.
 
+pub mod path;
 mod request;
+pub mod s3;
 mod serve;
 #[cfg(test)]
 mod tests;
+pub mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

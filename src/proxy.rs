@@ -75,6 +75,8 @@ pub struct RequestCtx {
     peers_tried: Vec<String>,
     /// Retries on a fresh connection after a pooled one turned out closed.
     stale_retries: u8,
+    /// What replaces an origin's error body (S3's XML), see `origin::upstream`.
+    origin_error_body: Option<Bytes>,
     started: Instant,
 }
 
@@ -101,6 +103,7 @@ impl ProxyHttp for Mirror {
             peer_started: None,
             peers_tried: Vec::new(),
             stale_retries: 0,
+            origin_error_body: None,
             started: Instant::now(),
         }
     }
@@ -273,8 +276,12 @@ impl ProxyHttp for Mirror {
                 "upstream request without a media request",
             )
         })?;
-        let uri = media
-            .origin_path()
+        // A peer is asked for the visitor's path; an origin for its own layout.
+        let path = match ctx.peer {
+            Some(_) => media.origin_path(),
+            None => crate::origin::upstream::origin_uri(media, &ctx.settings),
+        };
+        let uri = path
             .parse::<http::Uri>()
             .or_err(ErrorType::InternalError, "origin path is not a URI")?;
         upstream.set_uri(uri);
@@ -302,6 +309,8 @@ impl ProxyHttp for Mirror {
             }
         };
         upstream.insert_header(header::HOST, host)?;
+        crate::origin::upstream::finish_request(upstream, s)
+            .map_err(|m| Error::explain(ErrorType::InternalError, m))?;
         Ok(())
     }
 
@@ -311,7 +320,14 @@ impl ProxyHttp for Mirror {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = resp.status.as_u16();
+        let status = match ctx.peer {
+            Some(_) => resp.status.as_u16(),
+            None => {
+                let answer = crate::origin::upstream::response(resp, &ctx.settings);
+                ctx.origin_error_body = answer.replace_body;
+                answer.status
+            }
+        };
         let result = match status {
             200..=299 => "ok",
             404 | 410 => "not_found",
@@ -352,6 +368,19 @@ impl ProxyHttp for Mirror {
             }
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(text) = &ctx.origin_error_body {
+            crate::origin::upstream::replace_body(body, end_of_stream, text);
+        }
+        Ok(None)
     }
 
     fn response_cache_filter(

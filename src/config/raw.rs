@@ -61,7 +61,14 @@ pub struct RawShimmer {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrigin {
+    #[serde(default)]
     pub servers: Vec<String>,
+    /// Where an image lives on the origin (`crate::origin::path`).
+    #[serde(default)]
+    pub path: Option<crate::origin::path::RawOriginPath>,
+    /// A bucket instead of `servers` (`crate::origin::s3`).
+    #[serde(default)]
+    pub s3: Option<crate::origin::s3::RawS3>,
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default = "default_connect_timeout")]

@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 
 use pingora::server::configuration::ServerConf;
 
@@ -13,6 +14,8 @@ use super::units::ByteSize;
 use super::{ops, Config, ConfigError, Live, OriginServer, Settings};
 use crate::cache::disk::DiskConfig;
 use crate::fleet::{FleetSpec, FleetView};
+use crate::origin::path::OriginPaths;
+use crate::origin::s3::S3Origin;
 
 /// Largest object kept on disk when `disk_max_object_bytes` is not set (and at most an
 /// eighth of `disk_bytes`).
@@ -107,15 +110,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         state_path: raw.sync.state_file.clone(),
         ..crate::sync::SyncOptions::default()
     };
-    if raw.origin.servers.is_empty() {
-        return Err(("shimmer.origin.servers", "needs at least one origin".into()));
-    }
-    let origins = raw
-        .origin
-        .servers
-        .iter()
-        .map(|s| parse_origin(s).map_err(|m| ("shimmer.origin.servers", m)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (origins, origin_paths, s3) = origin_kind(&raw.origin)?;
     if let Some(h) = &raw.origin.host {
         if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(("shimmer.origin.host", format!("{h:?} is not a host")));
@@ -169,6 +164,8 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         mode: raw.mode,
         origins,
         origin_host: raw.origin.host,
+        origin_paths,
+        s3,
         connect_timeout: raw.origin.connect_timeout.0,
         read_timeout: raw.origin.read_timeout.0,
         idle_timeout: raw.origin.idle_timeout.0,
@@ -299,6 +296,44 @@ fn disk_config(raw: &RawCache) -> Result<Option<DiskConfig>, Invalid> {
         max_object_bytes: max_object,
         fsync: raw.fsync,
     }))
+}
+
+/// The origin servers, path templates and S3 bucket from `shimmer.origin`: either
+/// `servers` (HTTP) or `s3`, and `path` checked for either.
+#[allow(clippy::type_complexity)]
+fn origin_kind(
+    raw: &super::raw::RawOrigin,
+) -> Result<(Vec<OriginServer>, OriginPaths, Option<Arc<S3Origin>>), Invalid> {
+    let paths = OriginPaths::from_raw(raw.path.as_ref()).map_err(|m| ("shimmer.origin.path", m))?;
+    if let Some(raw_s3) = &raw.s3 {
+        if !raw.servers.is_empty() {
+            return Err((
+                "shimmer.origin.servers",
+                "give either servers or s3, not both".into(),
+            ));
+        }
+        if raw.host.is_some() {
+            return Err((
+                "shimmer.origin.host",
+                "does not apply to s3 (the Host is the bucket's)".into(),
+            ));
+        }
+        let s3 = S3Origin::from_raw(raw_s3, parse_origin)?;
+        let paths = paths.or_default(&S3Origin::default_template());
+        return Ok((vec![s3.server.clone()], paths, Some(Arc::new(s3))));
+    }
+    if raw.servers.is_empty() {
+        return Err((
+            "shimmer.origin.servers",
+            "needs at least one origin (or shimmer.origin.s3)".into(),
+        ));
+    }
+    let origins = raw
+        .servers
+        .iter()
+        .map(|s| parse_origin(s).map_err(|m| ("shimmer.origin.servers", m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((origins, paths, None))
 }
 
 /// `http://host[:port]`, `https://host[:port]` or `host:port` (plain HTTP), resolved

@@ -1,0 +1,354 @@
+//! `shimmer.origin.s3` against a real S3-compatible server: moto's server mode
+//! (`make test-deps` installs it), started here on a free 127.0.0.1 port. Objects are
+//! put the way Shimmie's ext/s3 puts them (`<ab>/<cd>/<hash>`, Content-Type,
+//! `Content-Disposition: inline; filename="<id> - <tags>.<ext>"`) by
+//! tests/s3_fixture.py. With INITIAL_NO_AUTH_ACTION_COUNT set, moto checks every
+//! request's SigV4 signature against the IAM keys it issued, so a wrong secret is
+//! refused (SignatureDoesNotMatch).
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_fixture.py");
+
+/// A moto S3 server; `auth`: signatures checked (after the fixture's 3 setup calls).
+fn moto(work: &Path, auth: bool) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let log = work.join(format!("moto-{port}.log"));
+    let out = std::fs::File::create(&log).expect("log");
+    let err = out.try_clone().expect("log");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err);
+    if auth {
+        cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
+    }
+    let child = cmd
+        .spawn()
+        .expect("start moto (python3 -m moto.server; `make test-deps` installs it)");
+    let mut proc = Proc { child, log };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_until("moto to listen", || {
+        assert!(proc.is_running(), "moto exited: {}", proc.log_text());
+        TcpStream::connect(addr).ok()
+    });
+    (proc, addr)
+}
+
+/// One post as Shimmie's ext/s3 uploads it.
+struct Post {
+    hash: String,
+    bytes: Vec<u8>,
+    content_type: &'static str,
+    disposition: String,
+}
+
+fn post(i: u64, len: usize, content_type: &'static str, ext: &str) -> Post {
+    Post {
+        hash: test_hash(100 + i),
+        bytes: whole_jpeg(len, 100 + i),
+        content_type,
+        disposition: format!("inline; filename=\"{i} - tag_a tag_b.{ext}\""),
+    }
+}
+
+/// Creates the bucket and puts the posts; returns the credentials directory.
+fn fill(work: &Path, moto: SocketAddr, bucket: &str, private: bool, posts: &[Post]) -> PathBuf {
+    let creds = work.join(format!("creds-{bucket}"));
+    std::fs::create_dir_all(&creds).expect("creds dir");
+    let manifest: Vec<serde_json::Value> = posts
+        .iter()
+        .map(|p| {
+            let file = work.join(&p.hash);
+            std::fs::write(&file, &p.bytes).expect("object file");
+            serde_json::json!({
+                "key": format!("{}/{}/{}", &p.hash[..2], &p.hash[2..4], p.hash),
+                "file": path_str(&file),
+                "content_type": p.content_type,
+                "disposition": p.disposition,
+            })
+        })
+        .collect();
+    let m = work.join(format!("manifest-{bucket}.json"));
+    std::fs::write(&m, serde_json::to_vec(&manifest).expect("json")).expect("manifest");
+    let out = Command::new("python3")
+        .arg(FIXTURE)
+        .arg(format!("http://{moto}"))
+        .arg(bucket)
+        .arg(if private { "private" } else { "public" })
+        .arg(&m)
+        .arg(&creds)
+        .output()
+        .expect("run tests/s3_fixture.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ready"),
+        "fixture failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    creds
+}
+
+/// A mirror owning everything, its origin the bucket; with credentials from `creds`.
+fn s3_yaml(
+    work: &Path,
+    port: u16,
+    admin: u16,
+    moto: SocketAddr,
+    bucket: &str,
+    creds: Option<&Path>,
+) -> String {
+    let cred_lines = creds.map_or(String::new(), |d| {
+        format!(
+            "      access_key_id_file: {}\n      secret_access_key_file: {}\n",
+            path_str(&d.join("access_key_id")),
+            path_str(&d.join("secret_access_key"))
+        )
+    });
+    format!(
+        r#"
+threads: 2
+pid_file: {work}/shimmer-{port}.pid
+upgrade_sock: {work}/shimmer-{port}.sock
+grace_period_seconds: 1
+graceful_shutdown_timeout_seconds: 1
+shimmer:
+  node: "a"
+  listen: ["127.0.0.1:{port}"]
+  static:
+    image_ilink: "http://127.0.0.1:{port}/_images/$hash/$id.$ext"
+    image_tlink: "http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"
+  origin:
+    s3:
+      endpoint: "http://{moto}"
+      bucket: "{bucket}"
+      path_style: true
+{cred_lines}    connect_timeout: 2s
+    read_timeout: 10s
+  cache:
+    memory_bytes: 64M
+    lock_timeout: 20s
+  admin:
+    listen: "127.0.0.1:{admin}"
+  log_level: info
+"#,
+        work = path_str(work),
+    )
+}
+
+fn start_mirror(work: &Path, moto: SocketAddr, bucket: &str, creds: Option<&Path>) -> OpsMirror {
+    let (port, admin) = (free_port(), free_port());
+    let m = Mirror::start_yaml(work, port, &s3_yaml(work, port, admin, moto, bucket, creds));
+    OpsMirror {
+        proc: m.proc,
+        addr: m.addr,
+        admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+        conf: m.conf,
+    }
+}
+
+async fn get(m: &OpsMirror, path: &str, range: Option<&str>) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let mut req = client().get(format!("http://{}{path}", m.addr));
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    let resp = req.send().await.expect("request");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, headers, resp.bytes().await.expect("body").to_vec())
+}
+
+fn h<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// What a visitor must get for `p`: bytes, type, name, our ETag, no S3 headers.
+fn assert_post(p: &Post, status: StatusCode, headers: &HeaderMap, body: &[u8], x_cache: &str) {
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sha256(body), sha256(&p.bytes));
+    assert_eq!(h(headers, "content-type"), p.content_type);
+    assert_eq!(h(headers, "content-disposition"), p.disposition);
+    assert_eq!(h(headers, "etag"), format!("\"{}\"", p.hash));
+    assert_eq!(h(headers, "x-cache"), x_cache);
+    assert!(!h(headers, "last-modified").is_empty(), "{headers:?}");
+    let amz: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-amz-"))
+        .collect();
+    assert!(amz.is_empty(), "S3 headers reached the visitor: {amz:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_bucket_filled_like_shimmie_ext_s3() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_moto, addr) = moto(work.path(), false);
+    let posts = [
+        post(1, 120_000, "image/jpeg", "jpg"),
+        post(2, 30_000, "image/png", "png"),
+    ];
+    fill(work.path(), addr, "shimmie-public", false, &posts);
+    let m = start_mirror(work.path(), addr, "shimmie-public", None);
+
+    let p = &posts[0];
+    let path = format!("/_images/{}/1%20-%20tag_a%20tag_b.jpg", p.hash);
+    let (st, hd, body) = get(&m, &path, None).await;
+    assert_post(p, st, &hd, &body, "MISS");
+    let (st, hd, body) = get(&m, &path, None).await;
+    assert_post(p, st, &hd, &body, "HIT");
+    let (st, hd, body) = get(&m, &path, Some("bytes=1000-1999")).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &p.bytes[1000..2000]);
+    assert_eq!(h(&hd, "content-type"), p.content_type);
+
+    // Range on a miss: the right slice, and the whole object cached behind it.
+    let q = &posts[1];
+    let qpath = format!("/_images/{}/2.png", q.hash);
+    let (st, hd, body) = get(&m, &qpath, Some("bytes=-500")).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT, "{hd:?}");
+    assert_eq!(body, &q.bytes[q.bytes.len() - 500..]);
+    assert_eq!(h(&hd, "content-disposition"), q.disposition);
+    let (st, hd, body) = get(&m, &qpath, None).await;
+    assert_post(q, st, &hd, &body, "HIT");
+
+    // Not in the bucket: 404, not S3's XML error as content.
+    let missing = format!("/_images/{}/x.jpg", test_hash(999));
+    for x_cache in ["MISS", "HIT"] {
+        let (st, hd, body) = get(&m, &missing, None).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        assert_eq!(String::from_utf8_lossy(&body), "not found\n", "{hd:?}");
+        assert_eq!(h(&hd, "content-type"), "text/plain; charset=utf-8");
+        assert_eq!(h(&hd, "x-cache"), x_cache);
+        assert!(
+            hd.keys().all(|k| !k.as_str().starts_with("x-amz-")),
+            "{hd:?}"
+        );
+    }
+    let head = client()
+        .head(format!(
+            "http://{}/_images/{}/y.jpg",
+            m.addr,
+            test_hash(998)
+        ))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_bucket_needs_the_right_credentials_and_follows_sighup() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (_moto, addr) = moto(work.path(), true);
+    let posts = [
+        post(3, 40_000, "image/jpeg", "jpg"),
+        post(4, 50_000, "image/webp", "webp"),
+    ];
+    let creds = fill(work.path(), addr, "shimmie-private", true, &posts);
+    let m = start_mirror(work.path(), addr, "shimmie-private", Some(&creds));
+    let (a, b) = (&posts[0], &posts[1]);
+    let path_a = format!("/_images/{}/3.jpg", a.hash);
+    let path_b = format!("/_images/{}/4.webp", b.hash);
+    let (st, hd, body) = get(&m, &path_a, None).await;
+    assert_post(a, st, &hd, &body, "MISS");
+    // Signed and allowed to list: a missing key is S3's 404, and ours.
+    let missing = format!("/_images/{}/x.jpg", test_hash(997));
+    let (st, _, body) = get(&m, &missing, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(String::from_utf8_lossy(&body), "not found\n");
+
+    // A wrong secret, re-read on SIGHUP: S3 refuses the signature, the visitor gets a
+    // short 502, and nothing is cached (the second try goes to S3 again).
+    let secret = creds.join("secret_access_key");
+    let good = std::fs::read_to_string(&secret).expect("secret");
+    std::fs::write(&secret, "not-the-secret\n").expect("write secret");
+    m.reload_expecting("ok");
+    for _ in 0..2 {
+        let (st, hd, body) = get(&m, &path_b, None).await;
+        assert_eq!(st, StatusCode::BAD_GATEWAY, "{hd:?}");
+        assert_eq!(String::from_utf8_lossy(&body), "origin failed\n");
+        assert!(!h(&hd, "content-type").starts_with("image/"));
+    }
+    assert!(
+        m.proc.log_text().contains("refused a signed request"),
+        "{}",
+        m.proc.log_text()
+    );
+    // What was cached with the good key is still served.
+    let (st, hd, body) = get(&m, &path_a, None).await;
+    assert_post(a, st, &hd, &body, "HIT");
+
+    // The right secret again: served, from S3 (the 502 was never stored).
+    std::fs::write(&secret, good).expect("restore secret");
+    m.reload_expecting("ok");
+    let (st, hd, body) = get(&m, &path_b, None).await;
+    assert_post(b, st, &hd, &body, "MISS");
+    let (st, _, body) = get(&m, &path_b, Some("bytes=0-99")).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &b.bytes[..100]);
+}
+
+#[test]
+fn t_checks_the_s3_section() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let moto: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let check = |yaml: String| {
+        let conf = work.path().join("check.yaml");
+        std::fs::write(&conf, yaml).expect("write");
+        let out = Command::new(BIN)
+            .args(["-t", "-c", path_str(&conf)])
+            .output()
+            .expect("shimmer -t");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let good = s3_yaml(work.path(), 1, 2, moto, "shimmie", None);
+    let (ok, out) = check(good.clone());
+    assert!(ok, "{out}");
+    let both = good.replace(
+        "    s3:\n",
+        "    servers: [\"http://127.0.0.1:9\"]\n    s3:\n",
+    );
+    let (ok, out) = check(both);
+    assert!(!ok && out.contains("either servers or s3"), "{out}");
+    let half = good.replace(
+        "      path_style: true\n",
+        "      path_style: true\n      access_key_id_file: /nonexistent/id\n",
+    );
+    let (ok, out) = check(half);
+    assert!(!ok && out.contains("secret_access_key_file"), "{out}");
+    let missing = s3_yaml(
+        work.path(),
+        1,
+        2,
+        moto,
+        "shimmie",
+        Some(Path::new("/nonexistent")),
+    );
+    let (ok, out) = check(missing);
+    assert!(
+        !ok && out.contains("cannot read /nonexistent/access_key_id"),
+        "{out}"
+    );
+}
