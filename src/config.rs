@@ -121,6 +121,8 @@ pub struct Settings {
     pub not_found_ttl: Duration,
     pub cache_control: String,
     pub max_path_bytes: usize,
+    /// Largest request head (request line and header fields) answered; 431 beyond.
+    pub max_header_bytes: usize,
     /// `shimmer.log_level` as written (the parsed filter is [`Live::log_filter`]).
     pub log_level: String,
     pub admin: ops::Admin,

@@ -17,6 +17,7 @@ use pingora_cache::{
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+mod http1;
 mod memory_hit;
 mod route;
 mod upstream;
@@ -112,7 +113,23 @@ impl ProxyHttp for Mirror {
         // No response compression: images and videos are already compressed.
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pipelining on, which also keeps a connection alive after a bodiless answer
+        // to a miss (why: src/proxy/http1.rs).
+        http1::start(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(reject) = http1::refuse_oversized(session, &ctx.settings) {
+            ctx.outcome = Outcome::Rejected;
+            respond_text(session, &ctx.settings, reject).await?;
+            return Ok(true);
+        }
         if let Some(location) = https_redirect(session, &ctx.settings) {
             ctx.outcome = Outcome::Redirect;
             let mut resp = ResponseHeader::build(308, Some(3))?;
@@ -416,16 +433,6 @@ impl ProxyHttp for Mirror {
         if ctx.peer.is_some() {
             resp.insert_header("x-shimmer-via", ctx.settings.node.as_str())?;
             return Ok(());
-        }
-        // A bodiless answer (HEAD, 304, 416) to a miss ends while the fill still reads the
-        // origin's body; Pingora may then drop the connection under a client that has
-        // already sent its next request on it. Saying `Connection: close` up front
-        // makes the client open a new one instead of losing that request.
-        let bodiless = session.req_header().method == http::Method::HEAD
-            || resp.status == http::StatusCode::NOT_MODIFIED
-            || resp.status == http::StatusCode::RANGE_NOT_SATISFIABLE;
-        if bodiless && matches!(session.cache.phase(), CachePhase::Miss) {
-            session.set_keepalive(None);
         }
         decorate(resp, &ctx.settings, cache_status(session.cache.phase()))
     }

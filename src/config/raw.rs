@@ -120,6 +120,8 @@ impl Default for RawCache {
 pub struct RawHttp {
     pub cache_control: String,
     pub max_path_bytes: usize,
+    /// The request line and header fields together; 431 beyond.
+    pub max_header_bytes: ByteSize,
 }
 
 impl Default for RawHttp {
@@ -127,6 +129,7 @@ impl Default for RawHttp {
         RawHttp {
             cache_control: "public, max-age=31536000, immutable".into(),
             max_path_bytes: 2048,
+            max_header_bytes: ByteSize(8 << 10),
         }
     }
 }

@@ -135,6 +135,16 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
     if raw.http.max_path_bytes < 64 {
         return Err(("shimmer.http.max_path_bytes", "must be at least 64".into()));
     }
+    // Pingora itself stops reading a request head at about 1 MiB (and answers 400).
+    let max_header_bytes = match raw.http.max_header_bytes.0 {
+        n @ 1024..=1_048_575 => n as usize,
+        _ => {
+            return Err((
+                "shimmer.http.max_header_bytes",
+                "must be between 1K and 1M - 1 byte".into(),
+            ))
+        }
+    };
     http::HeaderValue::from_str(&raw.http.cache_control)
         .map_err(|e| ("shimmer.http.cache_control", e.to_string()))?;
     let log_filter = tracing_subscriber::EnvFilter::try_new(&raw.log_level)
@@ -175,6 +185,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         not_found_ttl: raw.cache.not_found_ttl.0,
         cache_control: raw.http.cache_control,
         max_path_bytes: raw.http.max_path_bytes,
+        max_header_bytes,
         log_level: raw.log_level,
         admin,
         tls: tls.as_ref().map(|t| ops::Tls {

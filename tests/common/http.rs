@@ -50,6 +50,20 @@ impl<S: std::io::Read + std::io::Write> HttpConn<S> {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<HttpResponse> {
+        self.send(method, host, path, headers, body)?;
+        self.read_response(method == "HEAD")
+    }
+
+    /// Sends one request without reading anything (pipelining, or a request sent
+    /// while the server is still busy with the previous one).
+    pub fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<()> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -61,8 +75,7 @@ impl<S: std::io::Read + std::io::Write> HttpConn<S> {
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
         self.stream.write_all(&bytes)?;
-        self.stream.flush()?;
-        self.read_response(method == "HEAD")
+        self.stream.flush()
     }
 
     fn fill(&mut self) -> std::io::Result<()> {
@@ -92,7 +105,8 @@ impl<S: std::io::Read + std::io::Write> HttpConn<S> {
         }
     }
 
-    fn read_response(&mut self, head: bool) -> std::io::Result<HttpResponse> {
+    /// Reads one response (`head`: to a HEAD request, so without a body).
+    pub fn read_response(&mut self, head: bool) -> std::io::Result<HttpResponse> {
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
         let status_line = self.line()?;
         let status: u16 = status_line

@@ -1,0 +1,79 @@
+//! HTTP/1.1 connection behaviour: pipelining (and with it, keep-alive after a bodiless
+//! answer to a miss) and the bound on request heads.
+//!
+//! Why pipelining must be on, even for clients that never pipeline: while a cache fill
+//! is still reading the origin's body, pingora-proxy 0.9.1 keeps polling the downstream
+//! with `read_body_or_idle` (pingora-proxy-0.9.1/src/proxy_h1.rs:557). A bodiless answer
+//! to a miss (HEAD, 304, 416) is complete long before the fill, so the client sends its
+//! next request on the connection, and that poll reads it. With pipelining off, those
+//! bytes are an error, "Sent data after end of body" (pingora-core-0.9.1
+//! src/protocols/http/v1/server.rs:1294); the proxy ignores it to let the fill finish
+//! (proxy_h1.rs:559-583, `downstream_state.to_errored()`), then refuses to reuse the
+//! connection (proxy_h1.rs:836) and drops it with the next request's bytes already
+//! consumed. With pipelining on, the same poll stashes the bytes as the start of the
+//! next request (server.rs:1266-1291) and `reuse()` hands them to the next session
+//! (server.rs:1450-1470), so the next request is answered, in order, once the fill ends.
+//! The same switch makes a pipelined burst (request N+1 bytes arriving with request N)
+//! reusable instead of "bytes overread on request, disallowing reuse".
+
+use http::header;
+use pingora::prelude::*;
+use pingora_http::RequestHeader;
+
+use crate::config::Settings;
+use crate::request::Reject;
+
+/// Called first for every request; the setting is also carried over to the next
+/// request on the connection by Pingora, but setting it each time is free and covers
+/// the first request of a connection.
+pub(super) fn start(session: &mut Session) {
+    session.downstream_session.set_pipelining_enabled(true);
+}
+
+/// The refusal for a request head larger than `shimmer.http.max_header_bytes`.
+/// Pingora itself reads heads up to about 1 MiB; this is the limit a mirror wants.
+pub(super) fn refuse_oversized(session: &mut Session, settings: &Settings) -> Option<Reject> {
+    if head_bytes(session.req_header()) <= settings.max_header_bytes {
+        return None;
+    }
+    // A client that sends such heads is not worth a second request on this connection.
+    session.set_keepalive(None);
+    Some(Reject {
+        status: 431,
+        reason: "request header fields too large",
+    })
+}
+
+/// The size of the request line and header fields as an HTTP/1.1 client writes them
+/// (`name: value\r\n`); the same measure for HTTP/2, whose HPACK form differs.
+fn head_bytes(req: &RequestHeader) -> usize {
+    // "METHOD SP target SP HTTP/1.1 CRLF" and the final CRLF.
+    let line = req.method.as_str().len() + 1 + req.raw_path().len() + 11;
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    // Host lives in the URI for HTTP/2; count it where it is not a header.
+    let authority = match req.headers.contains_key(header::HOST) {
+        true => 0,
+        false => req.uri.authority().map_or(0, |a| a.as_str().len() + 8),
+    };
+    line + fields + authority + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_bytes_counts_the_wire_form() {
+        let mut req = RequestHeader::build("GET", b"/_images/ab/x.jpg", None).expect("header");
+        req.insert_header("Host", "m").expect("host");
+        // "GET /_images/ab/x.jpg HTTP/1.1\r\n" + "host: m\r\n" + "\r\n"
+        assert_eq!(head_bytes(&req), 32 + 9 + 2);
+        req.insert_header("Cookie", "a".repeat(100_000))
+            .expect("cookie");
+        assert_eq!(head_bytes(&req), 32 + 9 + 2 + 6 + 2 + 100_000 + 2);
+    }
+}
