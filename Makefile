@@ -64,7 +64,7 @@ run: build run-deps
 # Three mirrors (weights 5, 5 and 10) on one SQLite Shimmie database, one origin and a
 # gallery page whose images come through the fleet, on 127.0.0.1 ports.
 demo: build run-deps
-	@scripts/demo.sh $(BIN)
+	@DEMO_MODE=$(or $(MODE),redirect) scripts/demo.sh $(BIN)
 
 # The whole suite: unit, property and integration tests, on one release build that
 # the integration tests share (they start target/release/shimmer).

@@ -7,7 +7,10 @@
 # then 8093 is drained in the database (weight 10 -> 0, as before maintenance), and the
 # page's links to 8093 are answered 307 to the images' new owners.
 # Ports and the directory can be moved with DEMO_ORIGIN, DEMO_MIRRORS, DEMO_ADMINS,
-# DEMO_PAGE and DEMO_DIR (the tests do). Ctrl-C stops everything.
+# DEMO_PAGE and DEMO_DIR (the tests do). DEMO_MODE=proxy (`make demo MODE=proxy`) runs
+# the fleet in proxy mode: every mirror answers for every image, fetching from its
+# owner, and a killed mirror's images keep answering from their secondaries.
+# Ctrl-C stops everything.
 set -euo pipefail
 bin=$(realpath "${1:-target/release/shimmer}")
 cd "$(dirname "$0")/.."
@@ -20,6 +23,8 @@ mkdir -p "$work/www"
 work=$(realpath "$work")
 db=$work/shimmie.db
 m1=${mirrors[0]} m2=${mirrors[1]} m3=${mirrors[2]}
+mode=${DEMO_MODE:-redirect}
+token=$work/fleet.token
 braces="{$m1=5,$m2=5,$m3=10}"
 
 rm -f "$db"
@@ -28,6 +33,7 @@ sqlite3 "$db" "INSERT INTO config (name, value) VALUES
   ('image_ilink', 'http://127.0.0.1:$braces/_images/\$hash/\$id%20-%20\$tags.\$ext'),
   ('image_tlink', 'http://127.0.0.1:$braces/_thumbs/\$hash/thumb.\$ext')"
 
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$token"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true' EXIT INT TERM
 "$bin" origin --dir conf/sample-data --listen "127.0.0.1:$origin_port" 2>"$work/origin.log" &
@@ -47,6 +53,9 @@ shimmer:
     listen: 127.0.0.1:${admins[$i]}
   origin:
     servers: ["http://127.0.0.1:$origin_port"]
+  mode: $mode
+  fleet_token_file: $token
+  health: {interval: 500ms, timeout: 300ms, rise: 2, fall: 2}
 YAML
   "$bin" -t -c "$work/mirror-$port.yaml" >/dev/null
   "$bin" -c "$work/mirror-$port.yaml" 2>"$work/mirror-$port.log" &
@@ -92,6 +101,7 @@ The gallery page was rendered with those weights, then $m3 was drained (weight 0
 so the page's links to $m3 are answered 307 to the images' new owners, and still load.
 Undo: sqlite3 $db "UPDATE config SET value = replace(value, '$m3=0}', '$m3=10}')"
 
+mode:      $mode$( [ "$mode" = proxy ] && echo " (try: kill the mirror on port $m1, then reload the page: its images answer from their secondaries)")
 gallery:   http://127.0.0.1:$page_port/
 fleet:     $fleet --watch 1
 re-render: python3 scripts/gallery.py $db $bin $work/www/index.html

@@ -230,6 +230,13 @@ pub fn observe_peers(states: &[(String, bool)]) {
         PEER_UP
             .with_label_values(&[peer.as_str()])
             .set(i64::from(*up));
+        // Zero series for every current peer, so rates and dashboards exist before
+        // the first proxied request or failure.
+        PEER_REQUESTS.with_label_values(&[peer.as_str(), "ok"]);
+        PEER_PASSIVE_FAILURES.with_label_values(&[peer.as_str()]);
+        for state in ["up", "down"] {
+            PEER_TRANSITIONS.with_label_values(&[peer.as_str(), state]);
+        }
     }
 }
 

@@ -493,6 +493,43 @@ async fn peer_metrics_are_exported_and_promtool_clean() {
     ] {
         assert!(text.contains(name), "{name} missing from the scrape");
     }
+    // Every query of the dashboard's Peers row names a metric this scrape has.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/shimmer.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let row = panels
+        .iter()
+        .position(|p| p["type"] == "row" && p["title"] == "Peers")
+        .expect("a Peers row");
+    let mut names = Vec::new();
+    for p in &panels[row + 1..] {
+        if p["type"] == "row" {
+            break;
+        }
+        for t in p["targets"].as_array().expect("targets") {
+            let e = t["expr"].as_str().expect("expr");
+            let mut rest = e;
+            while let Some(i) = rest.find("shimmer_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.push(tail[..end].to_owned());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 5, "{names:?}");
+    for name in &names {
+        let base = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {base} ")),
+            "the Peers row queries {name}, which a live scrape does not have"
+        );
+    }
     let file = f.work.path().join("scrape.txt");
     std::fs::write(&file, &text).expect("write scrape");
     let out = std::process::Command::new("promtool")

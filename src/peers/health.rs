@@ -189,13 +189,23 @@ impl ServiceDiscovery for PeerDiscovery {
 /// An HTTP GET of the health path, with each peer's own Host, SNI and TLS.
 struct PeerCheck {
     peers: Weak<Peers>,
-    checks: Mutex<HashMap<(String, bool), Arc<HttpHealthCheck>>>,
+    checks: Mutex<HashMap<(String, bool, Duration), Arc<HttpHealthCheck>>>,
+    /// The settings at start: the probe interval cannot change later (the load
+    /// balancer's schedule is set once); timeout, rise and fall follow reloads.
     settings: super::HealthSettings,
 }
 
 impl PeerCheck {
+    /// The health settings in force now (a reload may have changed them).
+    fn current(&self) -> super::HealthSettings {
+        self.peers
+            .upgrade()
+            .map_or(self.settings, |p| p.settings().health)
+    }
+
     fn check_for(&self, addr: &PeerAddr) -> Result<Arc<HttpHealthCheck>> {
-        let key = (addr.host.clone(), addr.tls);
+        let timeout = self.current().timeout;
+        let key = (addr.host.clone(), addr.tls, timeout);
         if let Some(c) = self.checks.lock().get(&key) {
             return Ok(c.clone());
         }
@@ -205,9 +215,9 @@ impl PeerCheck {
         req.append_header("User-Agent", "shimmer-health")?;
         check.req = req;
         check.reuse_connection = true;
-        check.peer_template.options.connection_timeout = Some(self.settings.timeout);
-        check.peer_template.options.read_timeout = Some(self.settings.timeout);
-        check.peer_template.options.total_connection_timeout = Some(self.settings.timeout);
+        check.peer_template.options.connection_timeout = Some(timeout);
+        check.peer_template.options.read_timeout = Some(timeout);
+        check.peer_template.options.total_connection_timeout = Some(timeout);
         let check = Arc::new(check);
         self.checks.lock().insert(key, check.clone());
         Ok(check)
@@ -242,10 +252,11 @@ impl HealthCheck for PeerCheck {
     }
 
     fn health_threshold(&self, success: bool) -> usize {
+        let s = self.current();
         if success {
-            self.settings.rise.max(1)
+            s.rise.max(1)
         } else {
-            self.settings.fall.max(1)
+            s.fall.max(1)
         }
     }
 }
