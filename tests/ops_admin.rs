@@ -238,15 +238,7 @@ fn every_metric_in_the_grafana_dashboard_exists_and_every_expression_parses() {
     assert!(exprs.len() >= 20, "{exprs:?}");
     let mut names = BTreeSet::new();
     for e in &exprs {
-        let mut rest = e.as_str();
-        while let Some(i) = rest.find("shimmer_") {
-            let tail = &rest[i..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            names.insert(tail[..end].to_owned());
-            rest = &tail[end..];
-        }
+        names.extend(metric_names(e));
     }
     for want in [
         "shimmer_requests_total",

@@ -23,6 +23,28 @@ pub(crate) trait Registered {
     fn is_attachable(&self) -> bool;
 }
 
+/// Implements [`Registered`] for a fill type with `key`, `id` and `purged` fields and
+/// an inherent `is_attachable` (the memory tier's and the streamed fills).
+macro_rules! registered {
+    ($fill:ty) => {
+        impl $crate::cache::fills::Registered for $fill {
+            fn key(&self) -> &pingora_cache::key::HashBinary {
+                &self.key
+            }
+            fn id(&self) -> u64 {
+                self.id
+            }
+            fn purged(&self) -> &std::sync::atomic::AtomicBool {
+                &self.purged
+            }
+            fn is_attachable(&self) -> bool {
+                <$fill>::is_attachable(self)
+            }
+        }
+    };
+}
+pub(crate) use registered;
+
 pub(crate) struct FillRegistry<F> {
     fills: RwLock<HashMap<HashBinary, Vec<Arc<F>>>>,
 }

@@ -124,20 +124,7 @@ pub(crate) struct StreamFill {
     state: watch::Sender<FillState>,
 }
 
-impl crate::cache::fills::Registered for StreamFill {
-    fn key(&self) -> &HashBinary {
-        &self.key
-    }
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn purged(&self) -> &AtomicBool {
-        &self.purged
-    }
-    fn is_attachable(&self) -> bool {
-        StreamFill::is_attachable(self)
-    }
-}
+crate::cache::fills::registered!(StreamFill);
 
 impl StreamFill {
     /// `buffer`: keep the body in memory from byte 0 while it stays within `mem_cap`.

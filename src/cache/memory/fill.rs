@@ -65,20 +65,7 @@ pub(super) struct Fill {
     storage: &'static MemoryStorage,
 }
 
-impl crate::cache::fills::Registered for Fill {
-    fn key(&self) -> &HashBinary {
-        &self.key
-    }
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn purged(&self) -> &AtomicBool {
-        &self.purged
-    }
-    fn is_attachable(&self) -> bool {
-        Fill::is_attachable(self)
-    }
-}
+crate::cache::fills::registered!(Fill);
 
 impl Fill {
     pub(super) fn new(
