@@ -80,7 +80,8 @@ impl ServeHttp for AdminApp {
             }
             ("GET", "/status") => json_response(StatusCode::OK, self.status()),
             ("POST", "/purge") => self.purge(session).await,
-            (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/purge") => {
+            ("POST", "/lookup") => self.lookup(session).await,
+            (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/purge" | "/lookup") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -130,6 +131,24 @@ impl AdminApp {
             "cache": tiers,
             "source": self.source_status(),
             "peers": self.peers_status(),
+            "fleet": self.fleet_status(),
+        })
+    }
+
+    fn fleet_status(&self) -> serde_json::Value {
+        let f = self.shared.peers.settings().fleet;
+        let warm = &self.shared.warm;
+        let handoff_left = self
+            .shared
+            .previous_view
+            .load_full()
+            .map(|p| f.handoff.saturating_sub(p.replaced_at.elapsed()).as_secs());
+        json!({
+            "warm_secondary": f.warm.enabled,
+            "warm_send_queue": warm.outbox_len(),
+            "warm_pull_queue": warm.inbox_len(),
+            "warm_pulling": warm.pulling(),
+            "handoff_secs_left": handoff_left,
         })
     }
 
@@ -194,22 +213,9 @@ impl AdminApp {
             );
             return r;
         }
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > MAX_PURGE_BODY {
-                        return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
-            }
-        }
-        let hashes = match parse_hashes(&body) {
+        let hashes = match read_hashes(session).await {
             Ok(h) => h,
-            Err(m) => return text(StatusCode::BAD_REQUEST, format!("{m}\n")),
+            Err(r) => return r,
         };
         let mut purged = Vec::new();
         let mut absent = Vec::new();
@@ -231,6 +237,62 @@ impl AdminApp {
             json!({"purged": purged, "not_cached": absent}),
         )
     }
+}
+
+impl AdminApp {
+    /// `POST /lookup`: which of the given hashes this mirror holds, per silo and tier.
+    /// Read-only (no token), for operators and the fleet tests.
+    async fn lookup(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let hashes = match read_hashes(session).await {
+            Ok(h) => h,
+            Err(r) => return r,
+        };
+        let storage = &self.shared.cache.storage;
+        let mut out = serde_json::Map::new();
+        for silo in Silo::ALL {
+            let (mut memory, mut disk, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+            for h in &hashes {
+                let held = storage.holds(crate::object::ObjectRef::new(silo, *h));
+                if held.memory {
+                    memory.push(h.to_string());
+                }
+                if held.disk {
+                    disk.push(h.to_string());
+                }
+                if !held.any() {
+                    missing.push(h.to_string());
+                }
+            }
+            out.insert(
+                silo.as_str().to_owned(),
+                json!({"memory": memory, "disk": disk, "missing": missing}),
+            );
+        }
+        json_response(StatusCode::OK, serde_json::Value::Object(out))
+    }
+}
+
+/// The hashes of a purge or lookup body, or the answer that refuses it.
+async fn read_hashes(session: &mut ServerSession) -> Result<Vec<Md5>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_PURGE_BODY {
+                    return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read body: {e}\n"),
+                ))
+            }
+        }
+    }
+    parse_hashes(&body).map_err(|m| text(StatusCode::BAD_REQUEST, format!("{m}\n")))
 }
 
 /// `{"hashes": [...]}`, a JSON array, or one hash per line. Every hash must be 32

@@ -20,3 +20,4 @@ pub mod shimmie;
 pub mod state;
 pub mod sync;
 pub mod tls;
+pub mod warm;

@@ -159,6 +159,10 @@ fn run(opt: Opt, loaded: Config, path: Option<PathBuf>) -> ExitCode {
         "peer health",
         shimmer::peers::health::HealthService::new(&shared.peers),
     ));
+    server.add_service(background_service(
+        "warm copier",
+        shimmer::warm::WarmService(shimmer::warm::WarmCopier::new(shared.clone())),
+    ));
     {
         let (rows, details) = (shared.clone(), shared.clone());
         metrics::register_tiers_with_details(

@@ -87,6 +87,41 @@ metric!(PEER_SECONDS: HistogramVec = register_histogram_vec!(
     LATENCY_BUCKETS.to_vec()
 ));
 
+metric!(FILL_ASKS: IntCounterVec = register_int_counter_vec!(
+    "shimmer_fill_asks_total",
+    "Misses that asked a peer only-if-cached before the origin, by reason (owner: the other owner; handoff: an owner under the previous view) and result (hit, miss, timeout, connect_error, error).",
+    &["reason", "result"]
+));
+
+metric!(WARM_QUEUE: IntGaugeVec = register_int_gauge_vec!(
+    "shimmer_warm_queue",
+    "Warm-secondary notices waiting: to send to the other owner (send), or to pull from it (pull).",
+    &["direction"]
+));
+
+metric!(WARM_NOTICES: IntCounterVec = register_int_counter_vec!(
+    "shimmer_warm_notices_total",
+    "Hashes noticed between owners: sent to the other owner (sent), or received from it (received).",
+    &["direction"]
+));
+
+metric!(WARM_COPIES: IntCounterVec = register_int_counter_vec!(
+    "shimmer_warm_copies_total",
+    "Warm copies pulled from the other owner, by result (copied; held: already here; gone: the owner no longer had it; failed).",
+    &["result"]
+));
+
+metric!(WARM_BYTES: IntCounter = register_int_counter!(
+    "shimmer_warm_bytes_total",
+    "Body bytes of warm copies pulled from the other owner."
+));
+
+metric!(WARM_DROPS: IntCounterVec = register_int_counter_vec!(
+    "shimmer_warm_dropped_total",
+    "Warm notices dropped without harm, by reason (queue_full, peer_down, send_failed, banned).",
+    &["reason"]
+));
+
 metric!(FAILOVERS: IntCounterVec = register_int_counter_vec!(
     "shimmer_failovers_total",
     "Requests whose primary owner was down, by where they went (secondary, local: every owner down).",
@@ -200,6 +235,24 @@ pub fn init() {
     Lazy::force(&PEER_REQUESTS);
     Lazy::force(&PEER_SECONDS);
     Lazy::force(&FAILOVERS);
+    for reason in ["owner", "handoff"] {
+        for result in ["hit", "miss"] {
+            FILL_ASKS.with_label_values(&[reason, result]);
+        }
+    }
+    for direction in ["send", "pull"] {
+        WARM_QUEUE.with_label_values(&[direction]);
+    }
+    for direction in ["sent", "received"] {
+        WARM_NOTICES.with_label_values(&[direction]);
+    }
+    for result in ["copied", "held", "gone", "failed"] {
+        WARM_COPIES.with_label_values(&[result]);
+    }
+    Lazy::force(&WARM_BYTES);
+    for reason in ["queue_full", "peer_down", "send_failed", "banned"] {
+        WARM_DROPS.with_label_values(&[reason]);
+    }
     for to in ["secondary", "local"] {
         FAILOVERS.with_label_values(&[to]);
     }

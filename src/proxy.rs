@@ -17,13 +17,17 @@ use pingora_cache::{
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
+mod fill;
 mod http1;
 mod memory_hit;
 mod route;
 mod upstream;
+mod warm_notice;
 
 use crate::config::Settings;
+use crate::fleet::FillReason;
 use crate::metrics;
+use crate::peers::warm::WARM_PATH;
 use crate::peers::{HEALTH_PATH, HOP_HEADER};
 use crate::request::{self, MediaRequest, Reject};
 use crate::state::Shared;
@@ -78,6 +82,18 @@ pub struct RequestCtx {
     stale_retries: u8,
     /// What replaces an origin's error body (S3's XML), see `origin::upstream`.
     origin_error_body: Option<Bytes>,
+    /// The request says `Cache-Control: only-if-cached`: a miss is a 504, never a fill.
+    only_if_cached: bool,
+    /// Whether this miss's peers to ask (owner-first fill, handoff) were worked out.
+    fill_planned: bool,
+    /// Peers still to ask only-if-cached before the origin, in order.
+    fill_asks: Vec<(String, FillReason)>,
+    /// The current upstream attempt is such an ask (to `peer`).
+    fill_ask: Option<FillReason>,
+    /// The peer whose copy this miss is filled from.
+    filled_from: Option<String>,
+    /// The current upstream is an origin (so a finished fill notices the other owner).
+    from_origin: bool,
     started: Instant,
 }
 
@@ -105,6 +121,12 @@ impl ProxyHttp for Mirror {
             peers_tried: Vec::new(),
             stale_retries: 0,
             origin_error_body: None,
+            only_if_cached: false,
+            fill_planned: false,
+            fill_asks: Vec::new(),
+            fill_ask: None,
+            filled_from: None,
+            from_origin: false,
             started: Instant::now(),
         }
     }
@@ -137,6 +159,12 @@ impl ProxyHttp for Mirror {
             resp.insert_header(header::CONTENT_LENGTH, 0)?;
             resp.insert_header("x-shimmer-node", ctx.settings.node.as_str())?;
             session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        if session.req_header().uri.path() == WARM_PATH {
+            ctx.outcome = Outcome::Rejected;
+            let answer = warm_notice::receive(session, &self.shared, &ctx.settings).await;
+            respond_text(session, &ctx.settings, answer).await?;
             return Ok(true);
         }
         if session.req_header().uri.path() == HEALTH_PATH {
@@ -186,8 +214,7 @@ impl ProxyHttp for Mirror {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let token = peers.settings().token.clone();
-        let hopped = route::hop_trusted(peers, token.as_ref(), marker, media.object(), client_ip);
+        let hopped = route::hop_trusted(peers, marker, media.object(), client_ip);
         let (way, failover) = route::decide(&fleet, peers, ctx.settings.mode, &media, hopped);
         if let Some(to) = failover {
             metrics::FAILOVERS.with_label_values(&[to]).inc();
@@ -214,6 +241,7 @@ impl ProxyHttp for Mirror {
             }
             Route::Here => {}
         }
+        ctx.only_if_cached = only_if_cached(session.req_header());
         if memory_hit::serve(session, &self.shared.cache.storage, &media, &ctx.settings).await? {
             ctx.outcome = Outcome::Served;
             ctx.memory_hit = true;
@@ -231,11 +259,14 @@ impl ProxyHttp for Mirror {
         let parts = self.shared.cache;
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(ctx.settings.lock_timeout);
+        // An only-if-cached request never fills, so it never waits for (or takes) the
+        // lock: a fill in progress is found and streamed without it.
+        let lock = (!ctx.only_if_cached).then_some(parts.lock.as_ref());
         session.cache.enable(
             &parts.storage,
             None::<&'static (dyn EvictionManager + Sync)>,
             Some(&parts.predictor),
-            Some(parts.lock.as_ref()),
+            lock,
             Some(overrides),
         );
         let max = parts
@@ -257,14 +288,35 @@ impl ProxyHttp for Mirror {
         Ok(media.object().cache_key())
     }
 
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if ctx.only_if_cached && ctx.route == Route::Here {
+            // RFC 9111 5.2.1.7: not held here, and never fetched for this request.
+            let reject = Reject {
+                status: 504,
+                reason: "not cached",
+            };
+            respond_text(session, &ctx.settings, reject).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         if let Some(peer) = upstream::peer_for(&self.shared, ctx) {
             return Ok(peer);
         }
+        if let Some(peer) = fill::ask_peer(&self.shared, session, ctx) {
+            return Ok(peer);
+        }
+        ctx.from_origin = true;
         let s = &ctx.settings;
         let origin = s
             .origins
@@ -310,11 +362,12 @@ impl ProxyHttp for Mirror {
             // Range and conditionals go to the owner unchanged; the signed marker
             // makes the owner serve it, never pass it on.
             let peers = &self.shared.peers;
-            let token = peers.settings().token.clone();
-            let marker = route::hop_marker(peers, token.as_ref(), media.object());
-            upstream.insert_header(HOP_HEADER, marker)?;
-            let host = peers.table().nodes.get(node).map(|a| a.host.clone());
-            upstream.insert_header(header::HOST, host.unwrap_or_default())?;
+            upstream.insert_header(HOP_HEADER, peers.hop_marker(media.object()))?;
+            upstream.insert_header(header::HOST, peers.host(node))?;
+            if ctx.fill_ask.is_some() {
+                // Never to the origin on the peer's side: one origin request per object.
+                upstream.insert_header(header::CACHE_CONTROL, "only-if-cached")?;
+            }
             return Ok(());
         }
         let s = &ctx.settings;
@@ -337,6 +390,10 @@ impl ProxyHttp for Mirror {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.fill_ask.is_some() {
+            fill::answered(ctx, resp)?;
+            return object_headers(resp, ctx);
+        }
         let status = match ctx.peer {
             Some(_) => resp.status.as_u16(),
             None => {
@@ -369,22 +426,7 @@ impl ProxyHttp for Mirror {
             );
             return Err(e);
         }
-        for h in [
-            header::SET_COOKIE,
-            header::CACHE_CONTROL,
-            header::EXPIRES,
-            header::PRAGMA,
-            header::VARY,
-        ] {
-            resp.remove_header(&h);
-        }
-        if status == 200 {
-            if let Some(media) = &ctx.media {
-                // Stored with the object, so If-None-Match works on hits as on misses.
-                resp.insert_header(header::ETAG, format!("\"{}\"", media.hash))?;
-            }
-        }
-        Ok(())
+        object_headers(resp, ctx)
     }
 
     fn upstream_response_body_filter(
@@ -434,6 +476,10 @@ impl ProxyHttp for Mirror {
             resp.insert_header("x-shimmer-via", ctx.settings.node.as_str())?;
             return Ok(());
         }
+        if let Some(node) = &ctx.filled_from {
+            // Filled from that peer's copy, not the origin.
+            resp.insert_header("x-shimmer-fill", node.as_str())?;
+        }
         decorate(resp, &ctx.settings, cache_status(session.cache.phase()))
     }
 
@@ -444,6 +490,11 @@ impl ProxyHttp for Mirror {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if ctx.fill_ask.is_some() {
+            fill::failed(&self.shared, ctx, &e, false);
+            e.set_retry(session.response_written().is_none());
+            return e;
+        }
         if ctx.peer.is_some() {
             upstream::peer_failed(&self.shared, ctx, &e);
             e.set_retry(session.response_written().is_none());
@@ -464,6 +515,14 @@ impl ProxyHttp for Mirror {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        if ctx.fill_ask.is_some() {
+            let mut e = e.more_context(format!("asking peer {peer}"));
+            let stale = client_reused && ctx.stale_retries < 2;
+            ctx.stale_retries += u8::from(stale);
+            fill::failed(&self.shared, ctx, &e, stale);
+            e.set_retry(session.response_written().is_none());
+            return e;
+        }
         if ctx.peer.is_some() {
             let mut e = e.more_context(format!("peer {peer}"));
             if client_reused && session.response_written().is_none() && ctx.stale_retries < 2 {
@@ -548,8 +607,13 @@ impl ProxyHttp for Mirror {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if e.is_none() && ctx.from_origin && status == 200 {
+            if let (CachePhase::Miss, Some(media)) = (session.cache.phase(), &ctx.media) {
+                warm_notice::filled_from_origin(&self.shared, media);
+            }
+        }
         let outcome = match ctx.outcome {
             Outcome::Rejected => "rejected",
             Outcome::Banned => "banned",
@@ -589,6 +653,37 @@ impl ProxyHttp for Mirror {
             ctx.started.elapsed().as_secs_f64() * 1000.0,
         );
     }
+}
+
+/// Whether a request asks for `Cache-Control: only-if-cached`.
+fn only_if_cached(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"))
+}
+
+/// What an object fetched from upstream (origin or a peer's copy) is stored with:
+/// no cookies or caching headers of the upstream's, and the ETag is the md5, so
+/// If-None-Match works on hits as on misses.
+fn object_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    for h in [
+        header::SET_COOKIE,
+        header::CACHE_CONTROL,
+        header::EXPIRES,
+        header::PRAGMA,
+        header::VARY,
+    ] {
+        resp.remove_header(&h);
+    }
+    if resp.status.as_u16() == 200 {
+        if let Some(media) = &ctx.media {
+            resp.insert_header(header::ETAG, format!("\"{}\"", media.hash))?;
+        }
+    }
+    Ok(())
 }
 
 /// The headers every served image carries, whichever path served it.

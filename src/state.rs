@@ -6,13 +6,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::Predictor;
 
@@ -85,6 +85,16 @@ pub struct Shared {
     pub sync: OnceLock<Arc<SyncService>>,
     /// The other mirrors: addresses and health (probed by `peers::health`).
     pub peers: Arc<Peers>,
+    /// The view before the current one and when it was replaced, for handoff.
+    pub previous_view: ArcSwapOption<PreviousView>,
+    /// Copies of origin fills at the other owner (`peers::warm`).
+    pub warm: crate::peers::warm::Warm,
+}
+
+/// A view that placement has moved on from, kept for `shimmer.fleet.handoff`.
+pub struct PreviousView {
+    pub view: Arc<FleetView>,
+    pub replaced_at: Instant,
 }
 
 impl Shared {
@@ -100,6 +110,8 @@ impl Shared {
             bans: Bans::new(),
             sync: OnceLock::new(),
             peers,
+            previous_view: ArcSwapOption::empty(),
+            warm: crate::peers::warm::Warm::default(),
         });
         shared.record_view(&shared.fleet.load(), 1);
         shared
@@ -109,8 +121,20 @@ impl Shared {
     pub fn install_view(&self, view: FleetView) {
         let version = self.view_version.fetch_add(1, Ordering::SeqCst) + 1;
         self.record_view(&view, version);
-        self.fleet.store(Arc::new(view));
+        let before = self.fleet.swap(Arc::new(view));
+        if !before.same_placement(&self.fleet.load()) {
+            self.previous_view.store(Some(Arc::new(PreviousView {
+                view: before,
+                replaced_at: Instant::now(),
+            })));
+        }
         self.refresh_peers();
+    }
+
+    /// The previous view, while its handoff lasts.
+    pub fn handoff_view(&self, handoff: Duration) -> Option<Arc<FleetView>> {
+        let p = self.previous_view.load_full()?;
+        (p.replaced_at.elapsed() < handoff).then(|| p.view.clone())
     }
 
     /// Swaps in new settings (a reload): requests already running keep theirs.

@@ -510,16 +510,7 @@ async fn peer_metrics_are_exported_and_promtool_clean() {
             break;
         }
         for t in p["targets"].as_array().expect("targets") {
-            let e = t["expr"].as_str().expect("expr");
-            let mut rest = e;
-            while let Some(i) = rest.find("shimmer_") {
-                let tail = &rest[i..];
-                let end = tail
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(tail.len());
-                names.push(tail[..end].to_owned());
-                rest = &tail[end..];
-            }
+            names.extend(metric_names(t["expr"].as_str().expect("expr")));
         }
     }
     assert!(names.len() >= 5, "{names:?}");

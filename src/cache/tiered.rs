@@ -68,6 +68,19 @@ pub struct TieredStats {
     pub aborted_fills: u64,
 }
 
+/// Where an object is held (see [`TieredStorage::holds`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holding {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+impl Holding {
+    pub fn any(self) -> bool {
+        self.memory || self.disk
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     promotions: AtomicU64,
@@ -149,6 +162,17 @@ impl TieredStorage {
             }
         }
         found
+    }
+
+    /// Which tiers hold `obj` now, fresh (a fill in progress counts as memory): for
+    /// the warm copier, which skips what is here already, and the admin `/lookup`.
+    pub fn holds(&self, obj: ObjectRef) -> Holding {
+        let key = obj.key_hash();
+        Holding {
+            memory: self.fills.contains(&key)
+                || self.memory.fresh_object(&key, SystemTime::now()).is_some(),
+            disk: self.disk.is_some_and(|d| d.indexed_object(&key).is_some()),
+        }
     }
 
     /// Fills first, so that a fill finishing now cannot store the object afterwards.

@@ -56,6 +56,8 @@ pub struct RawShimmer {
     pub health: super::peers::RawHealth,
     #[serde(default)]
     pub proxy: super::peers::RawProxy,
+    #[serde(default)]
+    pub fleet: super::peers::RawFleet,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -81,12 +81,13 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         l.parse::<SocketAddr>()
             .map_err(|e| ("shimmer.listen", format!("{l:?}: {e}")))?;
     }
-    let peers = super::peers::render(
+    let mut peers = super::peers::render(
         &raw.peers,
         raw.fleet_token_file.as_ref(),
         &raw.health,
         &raw.proxy,
     )?;
+    peers.fleet = super::peers::render_fleet(&raw.fleet)?;
     let (source, database) = match raw.source.trim() {
         "static" => (None, None),
         // Syntax only, no connection: a database that is down now must not stop the

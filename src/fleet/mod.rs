@@ -17,6 +17,7 @@
 
 mod error;
 mod failover;
+mod fill;
 mod flexihash;
 mod murmur;
 mod php;
@@ -28,6 +29,7 @@ mod template;
 
 pub use error::FleetError;
 pub use failover::{acting_owner, Acting};
+pub use fill::{fill_sources, FillReason};
 pub use flexihash::{MAX_POSITIONS, REPLICAS};
 pub use murmur::{murmur3_32, Murmur3};
 pub use php::int_cast as php_int_cast;
@@ -188,6 +190,15 @@ impl FleetView {
     /// The silo's parsed template.
     pub fn template(&self, silo: Silo) -> &Template {
         self.silos[silo.index()].template()
+    }
+
+    /// Whether both views place every object on the same nodes: same algorithm, same
+    /// nodes and weights in the same order (links may differ).
+    pub fn same_placement(&self, other: &FleetView) -> bool {
+        self.algorithm == other.algorithm
+            && Silo::ALL
+                .iter()
+                .all(|&s| self.template(s).nodes() == other.template(s).nodes())
     }
 
     /// The silo's placement.

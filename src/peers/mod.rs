@@ -14,6 +14,7 @@
 
 pub mod health;
 pub mod hop;
+pub mod warm;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -22,8 +23,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::RwLock;
+use pingora_core::upstreams::peer::HttpPeer;
 
+use crate::cache::unix_now;
 use crate::fleet::{FleetView, Silo};
+use crate::object::ObjectRef;
 
 /// The cheap path every mirror answers on its media port, for peers' health checks.
 pub const HEALTH_PATH: &str = "/_shimmer/health";
@@ -102,6 +106,59 @@ pub struct PeerSettings {
     pub timeout: Duration,
     /// Memory for the hottest non-owned objects in proxy mode (0: none).
     pub hot_bytes: u64,
+    /// How the owners of an object share it (`shimmer.fleet`).
+    pub fleet: FleetSettings,
+}
+
+/// `shimmer.fleet`: warm secondary, owner-first fill and handoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FleetSettings {
+    pub warm: WarmSettings,
+    /// After a view change, a miss at a node that was not an owner before asks the
+    /// previous owners (only if cached) for this long.
+    pub handoff: Duration,
+    /// Connect and first-byte timeout of an only-if-cached ask to a peer: what a down
+    /// or hung peer can cost a miss.
+    pub fill_timeout: Duration,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            warm: WarmSettings::default(),
+            handoff: Duration::from_secs(600),
+            fill_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Copies of each origin fill at the object's other owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WarmSettings {
+    pub enabled: bool,
+    /// Copies pulled at once.
+    pub concurrency: usize,
+    /// Bytes per second copies may take (0: unbounded).
+    pub max_bytes_per_second: u64,
+    /// Notices waiting, per direction (to send, to pull); beyond it they are dropped.
+    pub queue: usize,
+    /// Hashes per notice.
+    pub batch: usize,
+    /// How long a notice waits for its batch to fill.
+    pub batch_wait: Duration,
+}
+
+impl Default for WarmSettings {
+    fn default() -> Self {
+        WarmSettings {
+            enabled: true,
+            concurrency: 4,
+            max_bytes_per_second: 0,
+            queue: 100_000,
+            batch: 256,
+            batch_wait: Duration::from_millis(200),
+        }
+    }
 }
 
 impl Default for PeerSettings {
@@ -112,6 +169,7 @@ impl Default for PeerSettings {
             health: HealthSettings::default(),
             timeout: Duration::from_secs(2),
             hot_bytes: 0,
+            fleet: FleetSettings::default(),
         }
     }
 }
@@ -260,6 +318,58 @@ impl Peers {
             let ip: IpAddr = addr.host.parse().ok()?;
             Some(std::net::SocketAddr::new(ip, addr.port))
         })
+    }
+
+    /// How to reach `node` for one request: connect and read timeouts of `timeout`,
+    /// pooled connections idle for at most `idle`. `None` while it is not resolved.
+    pub fn http_peer(&self, node: &str, timeout: Duration, idle: Duration) -> Option<HttpPeer> {
+        let addr = self.resolved(node)?;
+        let known = self.table.load().nodes.get(node).cloned()?;
+        let sni = if known.tls { known.host } else { String::new() };
+        let mut peer = HttpPeer::new(addr, known.tls, sni);
+        peer.options.connection_timeout = Some(timeout);
+        peer.options.total_connection_timeout = Some(timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(idle);
+        Some(peer)
+    }
+
+    /// The Host header for requests to `node`.
+    pub fn host(&self, node: &str) -> String {
+        self.table
+            .load()
+            .nodes
+            .get(node)
+            .map(|a| a.host.clone())
+            .unwrap_or_default()
+    }
+
+    /// The marker this node attaches to a request for `obj` it sends to a peer: signed
+    /// with the fleet token, or (without one) just this node's name.
+    pub fn hop_marker(&self, obj: ObjectRef) -> String {
+        match &self.settings.load().token {
+            Some(t) => t.sign(&self.me(), obj, unix_now()),
+            None => self.me().to_string(),
+        }
+    }
+
+    /// The peer that sent a request for `obj` with `marker`, if the marker may be
+    /// believed: a valid signature with the fleet token, or, without a token, a request
+    /// from a peer's own address (the marker is then the sender's name). Never this node.
+    pub fn hop_sender<'m>(
+        &self,
+        marker: &'m str,
+        obj: ObjectRef,
+        client: Option<IpAddr>,
+    ) -> Option<&'m str> {
+        let from = match &self.settings.load().token {
+            Some(t) => t.verify(marker, obj, unix_now())?,
+            None => client
+                .is_some_and(|ip| self.is_peer_address(ip))
+                .then_some(marker)?,
+        };
+        (from != self.me.load().as_str()).then_some(from)
     }
 
     /// Whether `ip` is one of the peers' resolved addresses.

@@ -4,11 +4,9 @@
 
 use std::net::IpAddr;
 
-use crate::cache::unix_now;
 use crate::config::Mode;
 use crate::fleet::{acting_owner, Acting, FleetView};
 use crate::object::ObjectRef;
-use crate::peers::hop::FleetToken;
 use crate::peers::Peers;
 use crate::request::{MediaRequest, HOP_PARAM};
 
@@ -24,32 +22,14 @@ pub(super) enum Route {
 }
 
 /// Whether the request's hop marker (`?shimmer_hop=` or the peer header) may be
-/// believed: a valid signature with the fleet token, or, without a token, a request
-/// from a peer's own address. A visitor's marker is neither.
+/// believed (see [`Peers::hop_sender`]). A visitor's marker is not.
 pub(super) fn hop_trusted(
     peers: &Peers,
-    token: Option<&FleetToken>,
     marker: Option<&str>,
     obj: ObjectRef,
     client: Option<IpAddr>,
 ) -> bool {
-    let Some(marker) = marker else {
-        return false;
-    };
-    match token {
-        Some(t) => t
-            .verify(marker, obj, unix_now())
-            .is_some_and(|from| from != peers.me().as_str()),
-        None => client.is_some_and(|ip| peers.is_peer_address(ip)),
-    }
-}
-
-/// The marker this node attaches when it sends a request for `obj` to a peer.
-pub(super) fn hop_marker(peers: &Peers, token: Option<&FleetToken>, obj: ObjectRef) -> String {
-    match token {
-        Some(t) => t.sign(&peers.me(), obj, unix_now()),
-        None => peers.me().to_string(),
-    }
+    marker.is_some_and(|m| peers.hop_sender(m, obj, client).is_some())
 }
 
 /// What the request's way is, and whether it is a failover (for the metrics).
@@ -62,7 +42,6 @@ pub(super) fn decide(
 ) -> (Route, Option<&'static str>) {
     let hex = media.hash.hex();
     let owners = view.owners(media.silo, &hex);
-    let token = peers.settings().token.clone();
     let me = peers.me();
     let secondary_serves = mode == Mode::Redirect;
     let up = |n: &str| match mode {
@@ -80,7 +59,7 @@ pub(super) fn decide(
                 },
                 Mode::Redirect => {
                     let url = view.node_url(media.silo, node, &hex, &media.rest);
-                    let marker = hop_marker(peers, token.as_ref(), media.object());
+                    let marker = peers.hop_marker(media.object());
                     Route::Redirect {
                         location: with_hop_marker(&url, &marker),
                     }

@@ -21,26 +21,13 @@ pub(super) fn peer_for(shared: &Shared, ctx: &mut RequestCtx) -> Option<Box<Http
         };
         let node = node.clone();
         let peers = &shared.peers;
-        let addr = peers.resolved(&node);
-        let known = peers.table().nodes.get(&node).cloned();
-        let (Some(addr), Some(known)) = (addr, known) else {
+        let timeout = peers.settings().timeout;
+        let Some(peer) = peers.http_peer(&node, timeout, ctx.settings.idle_timeout) else {
             // Not resolved (yet): as good as down for this request.
             peers.mark_failed(&node);
             next_route(shared, ctx, node);
             continue;
         };
-        let s = peers.settings();
-        let sni = if known.tls {
-            known.host.clone()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(addr, known.tls, sni);
-        peer.options.connection_timeout = Some(s.timeout);
-        peer.options.total_connection_timeout = Some(s.timeout);
-        peer.options.read_timeout = Some(s.timeout);
-        peer.options.write_timeout = Some(s.timeout);
-        peer.options.idle_timeout = Some(ctx.settings.idle_timeout);
         ctx.peers_tried.push(node.clone());
         ctx.peer = Some(node);
         ctx.peer_started = Some(Instant::now());

@@ -321,3 +321,18 @@ pub fn owner_mirror(work: &Path, origin: &str, port: u16, extra_cache: &str) -> 
         },
     )
 }
+
+/// The `shimmer_*` metric names a PromQL expression mentions, in order.
+pub fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("shimmer_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}

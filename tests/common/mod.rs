@@ -7,12 +7,14 @@
 //! - [`mirror`]: mirror configs and processes (plain and ops);
 //! - [`http`]: the raw HTTP/1.1 and TLS client, certificates, [`client`];
 //! - [`wait`]: polling to a deadline instead of sleeping;
+//! - [`fleet`]: several mirrors of one fleet, by port;
 //! - [`db`]: private PostgreSQL/MariaDB servers and SQLite files (the sync tests).
 //!
 //! Everything but `db` is re-exported here, so tests `use common::*;`.
 #![allow(dead_code)]
 
 pub mod db;
+pub mod fleet;
 pub mod http;
 pub mod mirror;
 pub mod origin;
