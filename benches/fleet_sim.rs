@@ -1,7 +1,10 @@
-//! Fleet simulation (issue 7, part 4): how much origin traffic Shimmie's placement
-//! saves over spreading requests blindly, and how many images move when a weight
-//! changes. Run `cargo bench --locked --bench fleet_sim`: it prints a table and
-//! writes `target/bench/fleet_sim.json`, the same numbers on every run.
+//! Fleet simulation (issue 7, part 4; issue 12): how much origin traffic Shimmie's
+//! placement saves over spreading requests blindly, how many images move when a
+//! weight changes, and what a node loss or a weight change costs with and without
+//! warm secondaries, owner-first fill and handoff (`fleet_sim/events.rs`). Run
+//! `cargo test --release --locked --bench fleet_sim` (as `make bench` does) or
+//! `cargo bench --locked --bench fleet_sim`: it prints tables and writes
+//! `target/bench/fleet_sim.json`, the same numbers on every run.
 //!
 //! Why these choices: 4 nodes of weight 5, as a small real fleet; 10,000 md5-like
 //! keys with sizes uniform in 2-200 KiB, because a mirror's disk is bounded in
@@ -23,6 +26,11 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[path = "fleet_sim/event_report.rs"]
+mod event_report;
+#[path = "fleet_sim/events.rs"]
+mod events;
 
 const TEMPLATE: &str = "http://m-{a=5,b=5,c=5,d=5}.example.com/_images/$hash/x.jpg";
 /// [`TEMPLATE`] after raising `a` from 5 to 10.
@@ -115,11 +123,36 @@ impl ByteLru {
         }
     }
 
-    /// Whether `key` was cached. A miss is fetched from the origin and cached,
-    /// evicting the least recently used images until it fits.
+    /// Whether `key` was cached. A miss is fetched from the origin and cached.
     fn request(&mut self, key: usize, size: u64) -> bool {
-        if self.entries.get(&key).is_some() {
+        if self.get(key) {
             return true;
+        }
+        self.insert(key, size);
+        false
+    }
+
+    /// Whether `key` is cached, marking it recently used if so (a read does).
+    fn get(&mut self, key: usize) -> bool {
+        self.entries.get(&key).is_some()
+    }
+
+    /// Whether `key` is cached, leaving the recency order alone.
+    fn contains(&self, key: usize) -> bool {
+        self.entries.contains(&key)
+    }
+
+    /// Caches `key` as the least recently used entry, the next to go.
+    fn insert_last(&mut self, key: usize, size: u64) {
+        self.insert(key, size);
+        self.entries.demote(&key);
+    }
+
+    /// Caches `key` as most recently used, evicting the least recently used images
+    /// until it fits.
+    fn insert(&mut self, key: usize, size: u64) {
+        if let Some(old) = self.entries.pop(&key) {
+            self.used -= old;
         }
         while self.used + size > self.capacity {
             match self.entries.pop_lru() {
@@ -131,7 +164,6 @@ impl ByteLru {
             self.entries.put(key, size);
             self.used += size;
         }
-        false
     }
 }
 
@@ -383,6 +415,8 @@ fn main() -> ExitCode {
             r.onto_old_secondary_fraction.into(),
         );
     }
+
+    event_report::report(&corpus, &requests, corpus_bytes, &mut record);
 
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let path = dir.join("fleet_sim.json");
