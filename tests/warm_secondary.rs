@@ -268,7 +268,13 @@ async fn weight_change(
         Some(&fleet_template(&ports, &[5, 5, 5, 5], "_thumbs")),
     )
     .await;
-    let f = TestFleet::start_on(&ports, &[5, 5, 5, 5], &extra, Some(&dsn), algorithm);
+    let opts = FleetOpts {
+        extra: &extra,
+        source: Some(&dsn),
+        algorithm,
+        ..FleetOpts::default()
+    };
+    let f = TestFleet::start_on(&ports, &[5, 5, 5, 5], &opts);
     let c = client();
     let imgs = images(&f, n, 300_000);
     fetch_through_primaries(&f, &c, &imgs).await;
@@ -356,4 +362,76 @@ async fn handoff_asks_the_previous_owner_when_nobody_else_holds_the_image() {
         origin_plain * 2 >= moved_plain as u64,
         "without handoff most moved images come from the origin ({origin_plain} of {moved_plain})"
     );
+}
+
+/// With a disk tier, copies land on disk (the memory tier's admission decides the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_disk_tier_copies_are_written_to_disk() {
+    let disk = tempfile::tempdir().expect("tempdir");
+    let cache = format!(
+        "    dir: {}/{{node}}\n    disk_bytes: 64M\n",
+        path_str(disk.path())
+    );
+    let opts = FleetOpts {
+        extra: WARM,
+        cache_extra: &cache,
+        ..FleetOpts::default()
+    };
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let f = TestFleet::start_on(&ports, &[5, 5, 5], &opts);
+    let c = client();
+    let imgs = images(&f, 200, 400_000);
+    fetch_through_primaries(&f, &c, &imgs).await;
+    let (held, _) = wait_warm(&f, &imgs, 1.0).await;
+    assert_eq!(held, imgs.len(), "every secondary holds its copies");
+    for (name, _) in &f.mirrors {
+        let theirs: Vec<String> = imgs
+            .iter()
+            .filter(|(_, _, s)| s == name)
+            .map(|(h, _, _)| h.clone())
+            .collect();
+        let on_disk = wait_until(&format!("{name}'s copies on disk"), || {
+            let n = theirs
+                .iter()
+                .filter(|h| cache_path(&disk.path().join(name), "_images", h).exists())
+                .count();
+            (n == theirs.len()).then_some(n)
+        });
+        assert_eq!(on_disk, theirs.len());
+    }
+}
+
+/// A notice is trusted line by line, like a hop: a visitor cannot make a mirror pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_malformed_notices_are_refused_and_queue_nothing() {
+    let f = TestFleet::start(&[5, 5], WARM, None);
+    let c = client();
+    let node = &f.mirrors[0].0;
+    let url = f.node(node).url("/_shimmer/warm");
+    let hash = test_hash(1);
+    for (body, want) in [
+        (
+            format!("_images/{hash} 9999999999.00112233445566778899aabbccddeeff.x\n"),
+            403,
+        ),
+        (format!("_images/{hash}\n"), 400),
+        ("_videos/abc m\n".to_owned(), 400),
+        ("x".repeat(700_000), 413),
+    ] {
+        let resp = c.post(&url).body(body.clone()).send().await.expect("post");
+        assert_eq!(resp.status(), want, "{}", &body[..body.len().min(60)]);
+    }
+    let resp = c.get(&url).send().await.expect("get");
+    assert_eq!(resp.status(), 405);
+    assert_eq!(
+        f.metric(
+            node,
+            "shimmer_warm_notices_total",
+            &[("direction", "received")]
+        ),
+        0.0
+    );
+    let status = http_get(f.node(node).admin_addr(), "/status").expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&status.body).expect("json");
+    assert_eq!(v["fleet"]["warm_pull_queue"], 0);
 }

@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(w.outbox_len(), 2);
         let second = w.take_batches(3);
         assert_eq!(
-            second.iter().map(|(p, v)| (p.as_str(), v.len())).collect::<Vec<_>>(),
+            second
+                .iter()
+                .map(|(p, v)| (p.as_str(), v.len()))
+                .collect::<Vec<_>>(),
             [("b", 2)]
         );
         assert_eq!(w.outbox_len(), 0);

@@ -12,6 +12,30 @@ use super::*;
 
 pub const FLEET_TOKEN: &str = "test-fleet-token-0123456789";
 
+/// What a fleet's mirrors are configured with beyond the harness's defaults.
+#[derive(Clone, Copy)]
+pub struct FleetOpts<'a> {
+    /// Lines under `shimmer:` (two-space indent; a `health:` section there replaces the
+    /// fast default one).
+    pub extra: &'a str,
+    /// A database DSN whose `config` table already holds the templates.
+    pub source: Option<&'a str>,
+    pub algorithm: Algorithm,
+    /// Lines under `shimmer.cache:` (four-space indent), `{node}` replaced by the name.
+    pub cache_extra: &'a str,
+}
+
+impl Default for FleetOpts<'_> {
+    fn default() -> Self {
+        FleetOpts {
+            extra: "",
+            source: None,
+            algorithm: Algorithm::Rendezvous,
+            cache_extra: "",
+        }
+    }
+}
+
 pub struct TestFleet {
     pub work: TempDir,
     pub data: DataDir,
@@ -23,6 +47,8 @@ pub struct TestFleet {
     pub ports: Vec<u16>,
     /// Config lines added under `shimmer:` of every mirror.
     pub extra: String,
+    /// Lines added under `shimmer.cache:`, with `{node}` replaced by the node's name.
+    pub cache_extra: String,
 }
 
 /// The image template over `ports` with `weights`.
@@ -47,23 +73,29 @@ impl TestFleet {
     /// `source`: a database DSN whose `config` table already holds the templates.
     pub fn start(weights: &[i64], extra: &str, source: Option<&str>) -> TestFleet {
         let ports: Vec<u16> = weights.iter().map(|_| free_port()).collect();
-        TestFleet::start_on(&ports, weights, extra, source, Algorithm::Rendezvous)
+        let opts = FleetOpts {
+            extra,
+            source,
+            ..FleetOpts::default()
+        };
+        TestFleet::start_on(&ports, weights, &opts)
     }
 
     /// [`Self::start`] on ports chosen before (to write templates naming them into a
     /// database first).
-    pub fn start_on(
-        ports: &[u16],
-        weights: &[i64],
-        extra: &str,
-        source: Option<&str>,
-        algorithm: Algorithm,
-    ) -> TestFleet {
+    pub fn start_on(ports: &[u16], weights: &[i64], opts: &FleetOpts) -> TestFleet {
+        let FleetOpts {
+            extra,
+            source,
+            algorithm,
+            cache_extra,
+        } = *opts;
         let work = tempfile::tempdir().expect("tempdir");
         let data = DataDir::new(work.path().join("data"));
         let origin = Origin::start(&data.dir, work.path());
         std::fs::write(work.path().join("fleet.token"), FLEET_TOKEN).expect("token file");
         let ports = ports.to_vec();
+
         let ilink = fleet_template(&ports, weights, "_images");
         let tlink = fleet_template(&ports, weights, "_thumbs");
         let view = FleetView::build(&FleetSpec {
@@ -95,6 +127,7 @@ impl TestFleet {
             view,
             ports: ports.clone(),
             extra: lines,
+            cache_extra: cache_extra.to_owned(),
         };
         for &port in &ports {
             let m = f.spawn(port, &ilink, &tlink);
@@ -115,7 +148,7 @@ impl TestFleet {
                 origins: vec![format!("http://{}", self.origin.addr)],
                 image_ilink: ilink.to_owned(),
                 image_tlink: tlink.to_owned(),
-                extra_cache: "",
+                extra_cache: &self.cache_extra.replace("{node}", &port.to_string()),
                 extra_origin: "",
             },
         );
