@@ -5,136 +5,17 @@
 mod common;
 
 use std::net::TcpListener;
-use std::time::Duration;
 
+use common::fleet::*;
 use common::*;
 use reqwest::{Client, StatusCode};
 use shimmer::fleet::{FleetSpec, FleetView, Silo};
-use tempfile::TempDir;
 
-const TOKEN: &str = "test-fleet-token-0123456789";
-
-struct Fleet {
-    work: TempDir,
-    data: DataDir,
-    origin: Origin,
-    /// (node name = port, mirror); `None` while killed.
-    mirrors: Vec<(String, Option<Mirror>, u16)>,
-    view: FleetView,
-    ilink: String,
-    tlink: String,
-    extra: String,
-}
-
-fn fleet(mode: &str, extra_peers: &str) -> Fleet {
-    let work = tempfile::tempdir().expect("tempdir");
-    let data = DataDir::new(work.path().join("data"));
-    let origin = Origin::start(&data.dir, work.path());
-    std::fs::write(work.path().join("fleet.token"), TOKEN).expect("token file");
-    let ports = [free_port(), free_port(), free_port()];
-    let opts = ports
-        .iter()
-        .zip([5, 5, 10])
-        .map(|(p, w)| format!("{p}={w}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let ilink = format!("http://127.0.0.1:{{{opts}}}/_images/$hash/$id.$ext");
-    let tlink = format!("http://127.0.0.1:{{{opts}}}/_thumbs/$hash/thumb.$ext");
-    let extra = format!(
-        "  mode: {mode}\n  fleet_token_file: {}/fleet.token\n  health:\n    interval: 200ms\n    timeout: 300ms\n    rise: 2\n    fall: 2\n  proxy:\n    timeout: 500ms\n{extra_peers}",
-        path_str(work.path())
-    );
-    let view = FleetView::build(&FleetSpec {
-        image_ilink: Some(ilink.clone()),
-        image_tlink: Some(tlink.clone()),
-        algorithm: shimmer::fleet::Algorithm::Rendezvous,
-    })
-    .expect("the test template parses");
-    let mut f = Fleet {
-        work,
-        data,
-        origin,
-        mirrors: Vec::new(),
-        view,
-        ilink,
-        tlink,
-        extra,
-    };
-    for port in ports {
-        let m = f.start(port);
-        f.mirrors.push((port.to_string(), Some(m), port));
-    }
-    // Mirrors start one after another: the first ones saw the later ones refuse
-    // connections. Wait until every mirror sees every peer up (`rise` probes).
-    for (name, m, _) in &f.mirrors {
-        let m = m.as_ref().expect("running");
-        wait_until(&format!("{name} sees its peers up"), || {
-            let status = http_get(m.admin_addr(), "/status").ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&status.body).ok()?;
-            let peers = v["peers"].as_array()?;
-            (peers.len() == 2 && peers.iter().all(|p| p["state"] == "up")).then_some(())
-        });
-    }
-    f
-}
-
-impl Fleet {
-    fn start(&self, port: u16) -> Mirror {
-        let yaml = mirror_yaml(
-            self.work.path(),
-            &MirrorSpec {
-                node: &port.to_string(),
-                port,
-                origins: vec![format!("http://{}", self.origin.addr)],
-                image_ilink: self.ilink.clone(),
-                image_tlink: self.tlink.clone(),
-                extra_cache: "",
-                extra_origin: "",
-            },
-        );
-        Mirror::start_yaml(self.work.path(), port, &format!("{yaml}{}", self.extra))
-    }
-
-    fn node(&self, name: &str) -> &Mirror {
-        self.mirrors
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .and_then(|(_, m, _)| m.as_ref())
-            .expect("a running node")
-    }
-
-    fn owners(&self, hash: &str) -> (String, String) {
-        let o = self.view.owners(Silo::Images, hash);
-        (
-            o.primary().expect("primary").to_owned(),
-            o.secondary().expect("secondary").to_owned(),
-        )
-    }
-
-    fn kill(&mut self, name: &str) -> u16 {
-        let slot = self
-            .mirrors
-            .iter_mut()
-            .find(|(n, _, _)| n == name)
-            .expect("node");
-        let mut m = slot.1.take().expect("running");
-        m.proc.signal(libc::SIGKILL);
-        m.proc.wait_exit(Duration::from_secs(10));
-        slot.2
-    }
-
-    fn restart(&mut self, name: &str) {
-        let port = self
-            .mirrors
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|s| s.2)
-            .expect("node");
-        let m = self.start(port);
-        if let Some(slot) = self.mirrors.iter_mut().find(|(n, _, _)| n == name) {
-            slot.1 = Some(m);
-        }
-    }
+/// Three mirrors of weights 5, 5 and 10 in `mode`, proxied requests timing out after
+/// 500 ms; `extra_peers` adds config lines (e.g. `peers:`).
+fn fleet(mode: &str, extra_peers: &str) -> TestFleet {
+    let extra = format!("  mode: {mode}\n  proxy:\n    timeout: 500ms\n{extra_peers}");
+    TestFleet::start(&[5, 5, 10], &extra, None)
 }
 
 async fn get(
@@ -169,7 +50,7 @@ async fn proxy_mode_serves_every_image_from_every_node_with_one_origin_request_e
     }
     let before = f.origin.requests().await;
     for (hash, want) in &bodies {
-        for (name, m, _) in &f.mirrors {
+        for (name, m) in &f.mirrors {
             let m = m.as_ref().expect("running");
             let (st, h, body) = get(&c, &m.url(&format!("/_images/{hash}/1.jpg")), &[]).await;
             assert_eq!(st, 200, "{name} for {hash}");
@@ -189,7 +70,7 @@ async fn proxy_mode_serves_every_image_from_every_node_with_one_origin_request_e
         let stranger = f
             .mirrors
             .iter()
-            .filter_map(|(n, m, _)| {
+            .filter_map(|(n, m)| {
                 m.as_ref()
                     .filter(|_| !f.view.owners(Silo::Images, hash).is_owner(n))
             })
@@ -254,7 +135,7 @@ async fn a_killed_primary_is_served_by_its_secondary_in_proxy_mode() {
     // Every request keeps succeeding: a refused peer is passed over at once.
     for round in 0..3 {
         for hash in &theirs {
-            for (name, m, _) in &f.mirrors {
+            for (name, m) in &f.mirrors {
                 let Some(m) = m else { continue };
                 let (st, _, body) = get(&c, &m.url(&format!("/_images/{hash}/x.jpg")), &[]).await;
                 assert_eq!(
@@ -270,10 +151,10 @@ async fn a_killed_primary_is_served_by_its_secondary_in_proxy_mode() {
     let (other, _) = f
         .mirrors
         .iter()
-        .find(|(n, m, _)| {
+        .find(|(n, m)| {
             m.is_some() && *n != victim && !f.view.owners(Silo::Images, &theirs[0]).is_owner(n)
         })
-        .map(|(n, _, _)| (n.clone(), ()))
+        .map(|(n, _)| (n.clone(), ()))
         .unwrap_or_else(|| (f.owners(&theirs[0]).1, ()));
     let url = f.node(&other).url(&format!("/_images/{}/x.jpg", theirs[0]));
     wait_until_async("the restarted primary serves again", || {
@@ -303,8 +184,8 @@ async fn redirect_mode_points_at_the_live_secondary_and_back() {
     let stranger = f
         .mirrors
         .iter()
-        .find(|(n, _, _)| *n != victim && *n != secondary)
-        .map(|(n, _, _)| n.clone())
+        .find(|(n, _)| *n != victim && *n != secondary)
+        .map(|(n, _)| n.clone())
         .expect("a stranger");
     let url = f.node(&stranger).url(&format!("/_images/{hash}/x.jpg"));
     let location_host =
@@ -428,8 +309,8 @@ async fn a_forged_hop_marker_does_not_make_a_stranger_fetch_from_the_origin() {
     let stranger = f
         .mirrors
         .iter()
-        .find(|(n, _, _)| !f.view.owners(Silo::Images, &hash).is_owner(n))
-        .and_then(|(_, m, _)| m.as_ref())
+        .find(|(n, _)| !f.view.owners(Silo::Images, &hash).is_owner(n))
+        .and_then(|(_, m)| m.as_ref())
         .expect("a stranger");
     let before = f.origin.requests().await;
     let path = format!("/_images/{hash}/x.jpg");
@@ -464,7 +345,7 @@ async fn peer_metrics_are_exported_and_promtool_clean() {
     let c = client();
     let hash = test_hash(60_000);
     f.data.put("_images", &hash, &jpeg_bytes(900, 6));
-    for (_, m, _) in &f.mirrors {
+    for (_, m) in &f.mirrors {
         let m = m.as_ref().expect("running");
         let (st, _, _) = get(&c, &m.url(&format!("/_images/{hash}/x.jpg")), &[]).await;
         assert_eq!(st, 200);
@@ -473,8 +354,8 @@ async fn peer_metrics_are_exported_and_promtool_clean() {
     let m = f
         .mirrors
         .iter()
-        .find(|(n, _, _)| *n != primary)
-        .and_then(|(_, m, _)| m.as_ref())
+        .find(|(n, _)| *n != primary)
+        .and_then(|(_, m)| m.as_ref())
         .expect("a node that proxied");
     let text = wait_until("two peers reported up", || {
         let r = http_get(m.admin_addr(), "/metrics").ok()?;

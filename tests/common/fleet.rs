@@ -49,6 +49,9 @@ pub struct TestFleet {
     pub extra: String,
     /// Lines added under `shimmer.cache:`, with `{node}` replaced by the node's name.
     pub cache_extra: String,
+    /// The static templates every mirror starts with.
+    pub ilink: String,
+    pub tlink: String,
 }
 
 /// The image template over `ports` with `weights`.
@@ -128,6 +131,8 @@ impl TestFleet {
             ports: ports.clone(),
             extra: lines,
             cache_extra: cache_extra.to_owned(),
+            ilink: ilink.clone(),
+            tlink: tlink.clone(),
         };
         for &port in &ports {
             let m = f.spawn(port, &ilink, &tlink);
@@ -219,10 +224,8 @@ impl TestFleet {
     /// Starts a killed node again on its port, with an empty memory cache.
     pub fn restart(&mut self, name: &str) {
         let port: u16 = name.parse().expect("node names are ports");
-        let ilink = fleet_template(&self.ports, &vec![5; self.ports.len()], "_images");
-        let tlink = fleet_template(&self.ports, &vec![5; self.ports.len()], "_thumbs");
         // The YAML's templates only matter before a database source's first sync.
-        let m = self.spawn(port, &ilink, &tlink);
+        let m = self.spawn(port, &self.ilink, &self.tlink);
         if let Some(slot) = self.mirrors.iter_mut().find(|(n, _)| n == name) {
             slot.1 = Some(m);
         }
