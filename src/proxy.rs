@@ -253,10 +253,22 @@ impl ProxyHttp for Mirror {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let parts = self.shared.cache;
         if matches!(ctx.route, Route::Proxy { .. }) {
+            // Not stored here, except in the hot cache when there is one.
+            if let Some(hot) = parts.hot {
+                session.cache.enable(
+                    hot,
+                    None::<&'static (dyn EvictionManager + Sync)>,
+                    Some(&parts.hot_predictor),
+                    Some(parts.lock.as_ref()),
+                    None,
+                );
+                let max = hot.max_object_bytes();
+                session.cache.set_max_file_size_bytes(max);
+            }
             return Ok(());
         }
-        let parts = self.shared.cache;
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(ctx.settings.lock_timeout);
         // An only-if-cached request never fills, so it never waits for (or takes) the

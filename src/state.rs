@@ -40,6 +40,12 @@ pub struct CacheParts {
     /// Remembers keys that turned out uncacheable (too large, origin said no), so
     /// their next requests skip the cache lock instead of queueing behind it.
     pub predictor: Predictor<16>,
+    /// Proxy mode's hot cache (`shimmer.proxy.hot_bytes`, fixed at start): the hottest
+    /// objects this node fetches from their owners, as groupcache's hot cache. The
+    /// memory tier's TinyLFU admission is what keeps it to the hottest.
+    pub hot: Option<&'static MemoryStorage>,
+    /// The hot cache's own: too large for the hot cache is not too large to own.
+    pub hot_predictor: Predictor<16>,
 }
 
 impl CacheParts {
@@ -66,6 +72,16 @@ impl CacheParts {
             storage: TieredStorage::new(memory, disk),
             lock: CacheLock::new_boxed(lock_age),
             predictor: Predictor::new(4096, None),
+            hot: (settings.mode == crate::config::Mode::Proxy && settings.peers.hot_bytes > 0)
+                .then(|| {
+                    let bytes = usize::try_from(settings.peers.hot_bytes).unwrap_or(usize::MAX);
+                    // An object larger than an eighth of the share would flush it.
+                    &*Box::leak(Box::new(MemoryStorage::with_max_object_bytes(
+                        bytes,
+                        bytes / 8,
+                    )))
+                }),
+            hot_predictor: Predictor::new(1024, None),
         }))
     }
 }
@@ -170,7 +186,13 @@ impl Shared {
     /// held it.
     pub fn purge_hash(&self, hash: Md5) -> bool {
         // Through the tiered store, so the disk tier's file is unlinked too.
-        self.cache.storage.purge_hash(hash)
+        let mut found = self.cache.storage.purge_hash(hash);
+        if let Some(hot) = self.cache.hot {
+            for silo in Silo::ALL {
+                found |= hot.remove_hash(&crate::object::ObjectRef::new(silo, hash).key_hash());
+            }
+        }
+        found
     }
 
     /// The cache tiers' numbers, for `/status` and `/metrics`.
@@ -185,6 +207,16 @@ impl Shared {
             evictions: m.evictions,
             evicted_bytes: m.evicted_bytes,
         }];
+        if let Some(h) = self.cache.hot.map(|h| h.stats()) {
+            tiers.push(metrics::TierStats {
+                tier: "hot",
+                bytes: h.bytes as u64,
+                objects: h.objects as u64,
+                budget: h.budget as u64,
+                evictions: h.evictions,
+                evicted_bytes: h.evicted_bytes,
+            });
+        }
         if let Some(d) = stats.disk {
             tiers.push(metrics::TierStats {
                 tier: "disk",

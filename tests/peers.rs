@@ -413,3 +413,76 @@ async fn peer_metrics_are_exported_and_promtool_clean() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "promtool: {lint}");
 }
+
+/// `proxy.hot_bytes`: a non-owner keeps the hottest objects it fetched from their
+/// owners, serves them itself (ranges too), and a ban purges them like any copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_cache_serves_repeat_requests_at_a_non_owner_and_a_ban_purges_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, dsn) = common::db::Shimmie::sqlite(&dir.path().join("shimmie.db")).await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let weights = [5, 5, 10];
+    db.set_config(
+        "image_ilink",
+        Some(&fleet_template(&ports, &weights, "_images")),
+    )
+    .await;
+    db.set_config(
+        "image_tlink",
+        Some(&fleet_template(&ports, &weights, "_thumbs")),
+    )
+    .await;
+    let extra = "  mode: proxy\n  proxy:\n    timeout: 500ms\n    hot_bytes: 4M\n";
+    let opts = FleetOpts {
+        extra,
+        source: Some(&dsn),
+        ..FleetOpts::default()
+    };
+    let f = TestFleet::start_on(&ports, &weights, &opts);
+    let c = client();
+    let hash = test_hash(70_000);
+    let bytes = jpeg_bytes(5000, 7);
+    f.data.put("_images", &hash, &bytes);
+    let stranger = f
+        .mirrors
+        .iter()
+        .find(|(n, _)| !f.view.owners(Silo::Images, &hash).is_owner(n))
+        .map(|(n, _)| n.clone())
+        .expect("a node that owns neither copy");
+    let url = f.node(&stranger).url(&format!("/_images/{hash}/1.jpg"));
+    let (st, h, body) = get(&c, &url, &[]).await;
+    assert_eq!((st.as_u16(), sha256(&body)), (200, sha256(&bytes)));
+    assert_eq!(
+        hv(&h, "x-shimmer-via"),
+        stranger,
+        "the first one is proxied"
+    );
+    let (st, h, body) = get(&c, &url, &[]).await;
+    assert_eq!((st.as_u16(), sha256(&body)), (200, sha256(&bytes)));
+    assert_eq!(hv(&h, "x-cache"), "HIT", "then served from the hot cache");
+    assert_eq!(hv(&h, "x-shimmer-via"), "");
+    assert_eq!(hv(&h, "x-shimmer-node"), stranger);
+    let (st, _, body) = get(&c, &url, &[("range", "bytes=10-19")]).await;
+    assert_eq!((st.as_u16(), body.as_slice()), (206, &bytes[10..20]));
+
+    db.ban(&hash).await;
+    wait_until_async("the ban reaches the non-owner", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move { (get(&c, &url, &[]).await.0 == 404).then_some(()) }
+    })
+    .await;
+    db.unban(&hash).await;
+    let h = wait_until_async("the unban reaches the non-owner", || {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let (st, h, _) = get(&c, &url, &[]).await;
+            (st == 200).then_some(h)
+        }
+    })
+    .await;
+    assert_eq!(
+        hv(&h, "x-shimmer-via"),
+        stranger,
+        "the ban purged the hot copy: proxied again"
+    );
+}

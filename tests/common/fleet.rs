@@ -119,7 +119,7 @@ impl TestFleet {
         }
         if let Some(dsn) = source {
             lines.push_str(&format!(
-                "  source: \"{dsn}\"\n  sync:\n    interval: 200ms\n"
+                "  source: \"{dsn}\"\n  sync:\n    interval: 200ms\n    full_reread: 1s\n"
             ));
         }
         let mut f = TestFleet {
