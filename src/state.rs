@@ -198,24 +198,17 @@ impl Shared {
     /// The cache tiers' numbers, for `/status` and `/metrics`.
     pub fn tier_stats(&self) -> Vec<metrics::TierStats> {
         let stats = self.cache.storage.stats();
-        let m = stats.memory;
-        let mut tiers = vec![metrics::TierStats {
-            tier: "memory",
+        let memory_row = |tier, m: crate::cache::memory::MemoryStats| metrics::TierStats {
+            tier,
             bytes: m.bytes as u64,
             objects: m.objects as u64,
             budget: m.budget as u64,
             evictions: m.evictions,
             evicted_bytes: m.evicted_bytes,
-        }];
-        if let Some(h) = self.cache.hot.map(|h| h.stats()) {
-            tiers.push(metrics::TierStats {
-                tier: "hot",
-                bytes: h.bytes as u64,
-                objects: h.objects as u64,
-                budget: h.budget as u64,
-                evictions: h.evictions,
-                evicted_bytes: h.evicted_bytes,
-            });
+        };
+        let mut tiers = vec![memory_row("memory", stats.memory)];
+        if let Some(hot) = self.cache.hot {
+            tiers.push(memory_row("hot", hot.stats()));
         }
         if let Some(d) = stats.disk {
             tiers.push(metrics::TierStats {

@@ -38,14 +38,6 @@ use crate::state::Shared;
 
 /// How long a copy is fresh: as an origin fill (content is addressed by its md5).
 const COPY_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Headers a mirror adds to what it serves: not part of the object.
-const MIRROR_HEADERS: [&str; 5] = [
-    "x-cache",
-    "x-shimmer-node",
-    "x-shimmer-via",
-    "cache-control",
-    "age",
-];
 
 /// The warm copier service.
 pub struct WarmCopier {
@@ -214,7 +206,7 @@ impl WarmCopier {
                 .await;
             return Ok(false);
         }
-        for h in MIRROR_HEADERS {
+        for h in crate::peers::MIRROR_HEADERS {
             resp.remove_header(h);
         }
         let storage = &self.shared.cache.storage;

@@ -34,6 +34,16 @@ pub const HEALTH_PATH: &str = "/_shimmer/health";
 /// The header a proxying mirror sends its hop marker in.
 pub const HOP_HEADER: &str = "x-shimmer-hop";
 
+/// Headers a mirror adds to what it serves, which are not part of the object: removed
+/// from a peer's copy before it is stored here.
+pub const MIRROR_HEADERS: [&str; 5] = [
+    "x-cache",
+    "x-shimmer-node",
+    "x-shimmer-via",
+    "cache-control",
+    "age",
+];
+
 /// Where a peer is reached: from `shimmer.peers` or its template link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerAddr {

@@ -18,15 +18,6 @@ use crate::fleet::{fill_sources, FillReason};
 use crate::metrics;
 use crate::state::Shared;
 
-/// Headers a mirror adds to what it serves: not part of the object.
-const MIRROR_HEADERS: [&str; 5] = [
-    "x-cache",
-    "x-shimmer-node",
-    "x-shimmer-via",
-    "cache-control",
-    "age",
-];
-
 /// The next peer to ask for this miss, or `None` to go to the origin.
 pub(super) fn ask_peer(
     shared: &Shared,
@@ -85,7 +76,7 @@ pub(super) fn answered(ctx: &mut RequestCtx, resp: &mut ResponseHeader) -> Resul
         .with_label_values(&[reason, if hit { "hit" } else { "miss" }])
         .inc();
     if hit {
-        for h in MIRROR_HEADERS {
+        for h in crate::peers::MIRROR_HEADERS {
             resp.remove_header(h);
         }
         // Still known as the peer's copy for the log and the response header.
