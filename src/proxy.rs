@@ -24,6 +24,7 @@ mod route;
 mod upstream;
 mod warm_notice;
 
+use crate::cache::IMMUTABLE_TTL;
 use crate::config::Settings;
 use crate::fleet::FillReason;
 use crate::metrics;
@@ -33,10 +34,6 @@ use crate::request::{self, MediaRequest, Reject};
 use crate::state::Shared;
 use route::Route;
 use upstream::{observe_origin, origin_error_result};
-
-/// How long a 200 is fresh. Content is addressed by its md5, so it never changes;
-/// bans and purges remove it explicitly.
-const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The Pingora application of one mirror.
 pub struct Mirror {

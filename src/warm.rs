@@ -36,9 +36,6 @@ use crate::peers::warm::{encode_notice, WARM_PATH};
 use crate::peers::HOP_HEADER;
 use crate::state::Shared;
 
-/// How long a copy is fresh: as an origin fill (content is addressed by its md5).
-const COPY_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-
 /// The warm copier service.
 pub struct WarmCopier {
     shared: Arc<Shared>,
@@ -222,7 +219,7 @@ impl WarmCopier {
             return Ok(false);
         }
         let now = SystemTime::now();
-        let meta = CacheMeta::new(now + COPY_TTL, now, 0, 0, resp);
+        let meta = CacheMeta::new(now + crate::cache::IMMUTABLE_TTL, now, 0, 0, resp);
         let key = obj.cache_key();
         let trace = Span::inactive().handle();
         let mut handler = storage.get_miss_handler(&key, &meta, &trace).await?;
