@@ -24,11 +24,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{header, StatusCode};
 use pingora_cache::CacheMeta;
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
 /// How long a 200 is fresh (an origin fill or a peer's copy). Content is addressed by
 /// its md5, so it never changes; bans and purges remove it explicitly.
 pub const IMMUTABLE_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
