@@ -119,6 +119,9 @@ pub struct Settings {
     /// start).
     pub lock_timeout: Duration,
     pub not_found_ttl: Duration,
+    /// A single Range starting more than this many bytes past what a fill in progress
+    /// has written is fetched from the origin at once instead of waiting (0: never).
+    pub range_passthrough_ahead: u64,
     pub cache_control: String,
     pub max_path_bytes: usize,
     /// Largest request head (request line and header fields) answered; 431 beyond.

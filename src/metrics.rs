@@ -56,6 +56,17 @@ metric!(ORIGIN_SECONDS: HistogramVec = register_histogram_vec!(
     LATENCY_BUCKETS.to_vec()
 ));
 
+metric!(RANGE_PASSTHROUGHS: IntCounterVec = register_int_counter_vec!(
+    "shimmer_range_passthrough_total",
+    "Range requests starting far ahead of a fill in progress, fetched from the origin at once instead of waiting for the fill, by answer (partial: the origin's 206; whole: the origin ignored the Range and it was cut here; error: anything else).",
+    &["answer"]
+));
+
+metric!(RANGE_PASSTHROUGH_BYTES: IntCounter = register_int_counter!(
+    "shimmer_range_passthrough_bytes_total",
+    "Body bytes sent to clients by Range pass-throughs: fetched from the origin besides the fill."
+));
+
 metric!(PEER_UP: IntGaugeVec = register_int_gauge_vec!(
     "shimmer_peer_up",
     "Whether a peer mirror is up (1) or down (0), as this node sees it (health checks and passive failures).",
@@ -235,6 +246,10 @@ pub fn init() {
     Lazy::force(&PEER_REQUESTS);
     Lazy::force(&PEER_SECONDS);
     Lazy::force(&FAILOVERS);
+    Lazy::force(&RANGE_PASSTHROUGH_BYTES);
+    for answer in ["partial", "whole", "error"] {
+        RANGE_PASSTHROUGHS.with_label_values(&[answer]);
+    }
     for reason in ["owner", "handoff"] {
         for result in ["hit", "miss"] {
             FILL_ASKS.with_label_values(&[reason, result]);
@@ -374,6 +389,8 @@ mod tests {
             "shimmer_sync_template_errors_total",
             "shimmer_sync_last_success_timestamp_seconds",
             "shimmer_sync_bans",
+            "shimmer_range_passthrough_total",
+            "shimmer_range_passthrough_bytes_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -52,6 +52,19 @@ pub struct OriginArgs {
     /// for tests; raise it for benchmarks.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_threads)]
     pub threads: usize,
+
+    /// Send each response body at most this fast, in bytes per second (e.g. 3M): a
+    /// slow origin, for tests and demos of fills that take a while.
+    #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
+    pub rate: Option<u64>,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match crate::config::ByteSize::parse(s) {
+        Ok(b) if b.0 > 0 => Ok(b.0),
+        Ok(_) => Err("the rate must be more than 0 bytes per second".into()),
+        Err(e) => Err(e),
+    }
 }
 
 fn parse_threads(s: &str) -> Result<usize, String> {
@@ -130,7 +143,10 @@ fn build(args: &OriginArgs) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    let mut service = Service::new("shimmer origin".to_string(), serve::OriginApp::new(dir));
+    let mut service = Service::new(
+        "shimmer origin".to_string(),
+        serve::OriginApp::new(dir).with_rate(args.rate),
+    );
     for addr in &args.listen {
         service.add_tcp(&addr.to_string());
     }
@@ -164,6 +180,22 @@ mod args_tests {
         assert_eq!(cli.origin.dir, PathBuf::from("/data"));
         assert_eq!(cli.origin.listen.len(), 3);
         assert_eq!(cli.origin.threads, 1);
+        assert_eq!(cli.origin.rate, None);
+        let slow = [
+            "x",
+            "--dir",
+            "/d",
+            "--listen",
+            "127.0.0.1:1",
+            "--rate",
+            "3M",
+        ];
+        assert_eq!(
+            Cli::try_parse_from(slow).unwrap().origin.rate,
+            Some(3 << 20)
+        );
+        let still = ["x", "--dir", "/d", "--listen", "127.0.0.1:1", "--rate", "0"];
+        assert!(Cli::try_parse_from(still).is_err());
         assert!(Cli::try_parse_from(["x", "--dir", "/d"]).is_err());
         assert!(Cli::try_parse_from(["x", "--dir", "/d", "--listen", "nope"]).is_err());
         let zero = [
@@ -186,12 +218,14 @@ mod args_tests {
             dir: tmp.clone(),
             listen: vec![busy.local_addr().unwrap()],
             threads: 1,
+            rate: None,
         };
         assert!(build(&args).err().unwrap().contains("cannot listen"));
         let args = OriginArgs {
             dir: tmp.join("shimmer-no-such-dir-for-test"),
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             threads: 1,
+            rate: None,
         };
         assert!(build(&args).err().unwrap().contains("data directory"));
     }

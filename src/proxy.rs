@@ -20,6 +20,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 mod fill;
 mod http1;
 mod memory_hit;
+mod range;
 mod route;
 mod upstream;
 mod warm_notice;
@@ -91,6 +92,8 @@ pub struct RequestCtx {
     filled_from: Option<String>,
     /// The current upstream is an origin (so a finished fill notices the other owner).
     from_origin: bool,
+    /// A Range far ahead of a fill in progress, fetched from the origin uncached.
+    range_pass: Option<range::RangePass>,
     started: Instant,
 }
 
@@ -124,6 +127,7 @@ impl ProxyHttp for Mirror {
             fill_ask: None,
             filled_from: None,
             from_origin: false,
+            range_pass: None,
             started: Instant::now(),
         }
     }
@@ -245,12 +249,21 @@ impl ProxyHttp for Mirror {
             ctx.media = Some(media);
             return Ok(true);
         }
+        if !ctx.only_if_cached {
+            let storage = &self.shared.cache.storage;
+            let ahead = ctx.settings.range_passthrough_ahead;
+            ctx.range_pass = range::plan(session.req_header(), storage, &media, ahead);
+        }
         ctx.media = Some(media);
         Ok(false)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let parts = self.shared.cache;
+        if ctx.range_pass.is_some() {
+            // From the origin for this request alone, never stored (src/proxy/range.rs).
+            return Ok(());
+        }
         if matches!(ctx.route, Route::Proxy { .. }) {
             // Not stored here, except in the hot cache when there is one.
             if let Some(hot) = parts.hot {
@@ -344,7 +357,7 @@ impl ProxyHttp for Mirror {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -388,6 +401,9 @@ impl ProxyHttp for Mirror {
             }
         };
         upstream.insert_header(header::HOST, host)?;
+        if ctx.range_pass.is_some() {
+            range::upstream_request(session, upstream);
+        }
         crate::origin::upstream::finish_request(upstream, s)
             .map_err(|m| Error::explain(ErrorType::InternalError, m))?;
         Ok(())
@@ -423,6 +439,7 @@ impl ProxyHttp for Mirror {
             return Ok(());
         }
         observe_origin(ctx, result);
+        range::answered(ctx, status);
         if status >= 500 {
             // Never pass an origin's error on as content. Another origin may have it.
             let mut e = Error::explain(
@@ -489,7 +506,11 @@ impl ProxyHttp for Mirror {
             // Filled from that peer's copy, not the origin.
             resp.insert_header("x-shimmer-fill", node.as_str())?;
         }
-        decorate(resp, &ctx.settings, cache_status(session.cache.phase()))
+        let x_cache = match ctx.range_pass {
+            Some(_) => range::X_CACHE,
+            None => cache_status(session.cache.phase()),
+        };
+        decorate(resp, &ctx.settings, x_cache)
     }
 
     fn fail_to_connect(
@@ -618,6 +639,7 @@ impl ProxyHttp for Mirror {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        range::observe(ctx, session.body_bytes_sent());
         if e.is_none() && ctx.from_origin && status == 200 {
             if let (CachePhase::Miss, Some(media)) = (session.cache.phase(), &ctx.media) {
                 warm_notice::filled_from_origin(&self.shared, media);
@@ -687,7 +709,8 @@ fn object_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     ] {
         resp.remove_header(&h);
     }
-    if resp.status.as_u16() == 200 {
+    // 206: a Range pass-through's answer, which carries the object's ETag too.
+    if matches!(resp.status.as_u16(), 200 | 206) {
         if let Some(media) = &ctx.media {
             resp.insert_header(header::ETAG, format!("\"{}\"", media.hash))?;
         }

@@ -44,7 +44,7 @@ use tinyufo::TinyUfo;
 
 use crate::cache::declared_len;
 use crate::cache::CacheError;
-use crate::cache::FillRegistry;
+use crate::cache::{FillProgress, FillRegistry};
 use fill::{Fill, MemoryMissHandler};
 use hit::CompleteHit;
 pub use meta::FreshObject;
@@ -380,6 +380,11 @@ impl MemoryStorage {
         let fill = Arc::new(Fill::new(self, hash, self.next_id(), Arc::new(meta)));
         self.fills.insert(fill.clone());
         Box::new(MemoryMissHandler::new(fill, expected_len))
+    }
+
+    /// How far the fill a lookup of `hash` would attach to has got, if one is in progress.
+    pub(crate) fn fill_progress(&self, hash: &HashBinary) -> Option<FillProgress> {
+        self.fills.active(hash).map(|f| f.progress())
     }
 
     fn forget_fill(&self, fill: &Fill) {

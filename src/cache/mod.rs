@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, StatusCode};
 use pingora_cache::CacheMeta;
+use pingora_http::ResponseHeader;
 
 /// How long a 200 is fresh (an origin fill or a peer's copy). Content is addressed by
 /// its md5, so it never changes; bans and purges remove it explicitly.
@@ -63,9 +64,23 @@ impl LogEvery {
     }
 }
 
+/// How far a fill in progress has got: what the proxy's Range pass-through
+/// (`src/proxy/range.rs`) compares a Range with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillProgress {
+    /// Body bytes written so far: a reader can have `[0, written)` now.
+    pub written: u64,
+    /// The body's length, when the response declares one.
+    pub total: Option<u64>,
+}
+
 /// The body length a response declares and that its body must match, if any.
 pub(crate) fn declared_len(meta: &CacheMeta) -> Option<u64> {
-    let resp = meta.response_header();
+    declared_body_len(meta.response_header())
+}
+
+/// [`declared_len`] of a response header.
+pub(crate) fn declared_body_len(resp: &ResponseHeader) -> Option<u64> {
     let bodyless = resp.status.is_informational()
         || resp.status == StatusCode::NO_CONTENT
         || resp.status == StatusCode::NOT_MODIFIED;

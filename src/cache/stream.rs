@@ -31,7 +31,7 @@ use pingora_error::Result;
 use tokio::sync::watch;
 
 use super::meta::MetaBytes;
-use crate::cache::CacheError;
+use crate::cache::{declared_len, CacheError, FillProgress};
 
 /// Bytes read from a file per `read_body` call: big objects are never held whole.
 pub(crate) const READ_CHUNK: usize = 64 << 10;
@@ -204,6 +204,16 @@ impl StreamFill {
 
     pub(crate) fn len(&self) -> u64 {
         self.state.borrow().len
+    }
+
+    /// Bytes written so far and the declared length (decodes the meta: for the rare
+    /// Range request that meets a fill in progress, not for every read).
+    pub(crate) fn progress(&self) -> FillProgress {
+        let total = self.meta.to_meta().ok().as_ref().and_then(declared_len);
+        FillProgress {
+            written: self.len(),
+            total,
+        }
     }
 
     pub(crate) fn complete(&self) {

@@ -41,7 +41,7 @@ use crate::cache::declared_len;
 use crate::cache::disk::{DiskStats, DiskStorage};
 use crate::cache::memory::{FreshObject, MemoryStats, MemoryStorage, StoredMeta};
 use crate::cache::stream::StreamFill;
-use crate::cache::FillRegistry;
+use crate::cache::{FillProgress, FillRegistry};
 use crate::object::{Md5, ObjectRef, Silo};
 use fill::TieredMissHandler;
 use promote::TieredHit;
@@ -172,6 +172,15 @@ impl TieredStorage {
             memory: self.fills.contains(&key)
                 || self.memory.fresh_object(&key, SystemTime::now()).is_some(),
             disk: self.disk.is_some_and(|d| d.indexed_object(&key).is_some()),
+        }
+    }
+
+    /// How far the fill in progress a lookup of `key` would attach to has got (this
+    /// store's, else the memory tier's), if there is one: for the Range pass-through.
+    pub fn fill_progress(&self, key: &HashBinary) -> Option<FillProgress> {
+        match self.fills.active(key) {
+            Some(fill) => Some(fill.progress()),
+            None => self.memory.fill_progress(key),
         }
     }
 

@@ -95,6 +95,9 @@ pub struct RawCache {
     pub max_object_bytes: ByteSize,
     pub lock_timeout: Seconds,
     pub not_found_ttl: Seconds,
+    /// A Range starting further than this ahead of a fill in progress is fetched from
+    /// the origin at once (a ranged pass-through); 0: never.
+    pub range_passthrough_ahead: ByteSize,
     /// The disk tier's directory; none: memory only.
     pub dir: Option<PathBuf>,
     pub disk_bytes: Option<ByteSize>,
@@ -109,6 +112,7 @@ impl Default for RawCache {
             max_object_bytes: ByteSize(128 << 20),
             lock_timeout: Seconds(Duration::from_secs(10)),
             not_found_ttl: Seconds(Duration::from_secs(10)),
+            range_passthrough_ahead: ByteSize(2 << 20),
             dir: None,
             disk_bytes: None,
             disk_max_object_bytes: None,

@@ -184,6 +184,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         max_object_bytes: raw.cache.max_object_bytes.0,
         lock_timeout: raw.cache.lock_timeout.0,
         not_found_ttl: raw.cache.not_found_ttl.0,
+        range_passthrough_ahead: raw.cache.range_passthrough_ahead.0,
         cache_control: raw.http.cache_control,
         max_path_bytes: raw.http.max_path_bytes,
         max_header_bytes,

@@ -47,6 +47,7 @@ fn good_config_gets_defaults_and_resolved_origins() {
     assert_eq!(s.origins[0].host, "127.0.0.1");
     assert_eq!(s.connect_timeout, Duration::from_secs(2));
     assert_eq!(l.fixed.memory_bytes, 256 << 20);
+    assert_eq!(s.range_passthrough_ahead, 2 << 20);
     assert_eq!(s.cache_control, "public, max-age=31536000, immutable");
     // Pingora's 300 s grace period is replaced when the file does not set one.
     assert_eq!(l.server.grace_period_seconds, Some(10));
@@ -413,6 +414,7 @@ shimmer:
     max_object_bytes: 8M
     lock_timeout: 10s
     not_found_ttl: 10s
+    range_passthrough_ahead: 2M
     dir: /var/cache/shimmer
     disk_bytes: 1G
     fsync: false
@@ -507,6 +509,7 @@ fn reloadable_settings_change_nothing_fixed() {
         ("max_object_bytes: 8M", "max_object_bytes: 4M"),
         ("lock_timeout: 10s", "lock_timeout: 5s"),
         ("not_found_ttl: 10s", "not_found_ttl: 1s"),
+        ("range_passthrough_ahead: 2M", "range_passthrough_ahead: 0"),
         ("max-age=60", "max-age=120"),
         ("redirect_http: false", "redirect_http: true"),
         ("a.example.crt", "b.example.crt"),
@@ -533,6 +536,8 @@ fn reloadable_settings_change_nothing_fixed() {
     assert_eq!(s.max_object_bytes, 4 << 20);
     assert_eq!(s.lock_timeout, Duration::from_secs(5));
     assert_eq!(s.not_found_ttl, Duration::from_secs(1));
+    assert_eq!(base.live.settings.range_passthrough_ahead, 2 << 20);
+    assert_eq!(s.range_passthrough_ahead, 0);
     assert_eq!(s.cache_control, "public, max-age=120");
     assert_eq!(s.admin.token.as_deref(), Some("fedcba9876543210-other"));
     assert_eq!(s.tls.as_ref().map(|t| t.redirect_http), Some(true));

@@ -42,14 +42,17 @@ pub(crate) struct Stats {
     /// File content bytes written to clients (200 and 206 bodies, including
     /// those cut short).
     pub(crate) bytes: AtomicU64,
+    /// Media requests answered 206 (a Range).
+    pub(crate) ranged: AtomicU64,
 }
 
 impl Stats {
     fn to_json(&self) -> String {
         format!(
-            "{{\"requests\": {}, \"bytes\": {}}}\n",
+            "{{\"requests\": {}, \"bytes\": {}, \"ranged\": {}}}\n",
             self.requests.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed)
+            self.bytes.load(Ordering::Relaxed),
+            self.ranged.load(Ordering::Relaxed)
         )
     }
 }
@@ -58,6 +61,8 @@ impl Stats {
 pub(crate) struct OriginApp {
     root: PathBuf,
     stats: Arc<Stats>,
+    /// Most body bytes per second per response (`--rate`); `None`: as fast as it goes.
+    rate: Option<u64>,
 }
 
 impl OriginApp {
@@ -65,7 +70,13 @@ impl OriginApp {
         OriginApp {
             root,
             stats: Arc::new(Stats::default()),
+            rate: None,
         }
+    }
+
+    pub(crate) fn with_rate(mut self, rate: Option<u64>) -> Self {
+        self.rate = rate;
+        self
     }
 }
 
@@ -203,6 +214,9 @@ impl OriginApp {
                     self.stats
                         .bytes
                         .fetch_add(outcome.body_bytes, Ordering::Relaxed);
+                }
+                if outcome.status == 206 {
+                    self.stats.ranged.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(outcome)
             }
@@ -362,6 +376,7 @@ impl OriginApp {
             tracing::warn!("{}: seeking to {first} failed: {e}", hash);
             return Ok(Outcome::broken(status, 0));
         }
+        let started = tokio::time::Instant::now();
         let mut sent = 0u64;
         while sent < count {
             let want = usize::try_from(count - sent).map_or(CHUNK, |left| left.min(CHUNK));
@@ -387,6 +402,11 @@ impl OriginApp {
                 return Ok(Outcome::broken(status, sent));
             }
             sent += want as u64;
+            if let Some(rate) = self.rate.filter(|_| sent < count) {
+                // Paced from the start, so the rate holds however the chunks fall.
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                tokio::time::sleep_until(started + due).await;
+            }
         }
         Ok(Outcome::done(status, sent))
     }

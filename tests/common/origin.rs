@@ -18,24 +18,29 @@ impl Origin {
     }
 
     pub fn start_on(dir: &Path, work: &Path, port: u16) -> Origin {
+        Self::start_with(dir, work, port, &[])
+    }
+
+    /// Sending every body at most `bytes_per_sec` fast (`shimmer origin --rate`).
+    pub fn start_slow(dir: &Path, work: &Path, bytes_per_sec: u64) -> Origin {
+        let rate = bytes_per_sec.to_string();
+        Self::start_with(dir, work, free_port(), &["--rate", &rate])
+    }
+
+    pub fn start_with(dir: &Path, work: &Path, port: u16, extra: &[&str]) -> Origin {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = work.join(format!("origin-{port}.log"));
-        let mut proc = Proc::spawn(
-            &[
-                "origin",
-                "--dir",
-                path_str(dir),
-                "--listen",
-                &addr.to_string(),
-            ],
-            log,
-        );
+        let listen = addr.to_string();
+        let mut args = vec!["origin", "--dir", path_str(dir), "--listen", &listen];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&args, log);
         wait_for_port(&mut proc, addr, "origin");
         Origin { proc, addr }
     }
 
-    /// Media requests the origin has answered since it started.
-    pub async fn requests(&self) -> u64 {
+    /// `/_origin/stats`: `requests` (media requests), `ranged` (of them, 206 answers)
+    /// and `bytes` (body bytes of responses fully sent).
+    pub async fn stats(&self) -> serde_json::Value {
         let url = format!("http://{}/_origin/stats", self.addr);
         let body = reqwest::get(&url)
             .await
@@ -43,8 +48,14 @@ impl Origin {
             .text()
             .await
             .expect("stats body");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
-        v["requests"].as_u64().expect("requests count")
+        serde_json::from_str(&body).expect("stats JSON")
+    }
+
+    /// Media requests the origin has answered since it started.
+    pub async fn requests(&self) -> u64 {
+        self.stats().await["requests"]
+            .as_u64()
+            .expect("requests count")
     }
 }
 

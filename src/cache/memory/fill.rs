@@ -21,6 +21,7 @@ use pingora_error::Result;
 use tokio::sync::watch;
 
 use super::{CacheError, MemoryStorage, StoredMeta};
+use crate::cache::{declared_body_len, FillProgress};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 enum Status {
@@ -100,6 +101,14 @@ impl Fill {
             sought: false,
         };
         Ok((meta, Box::new(hit)))
+    }
+
+    /// Bytes written so far and the declared length.
+    pub(super) fn progress(&self) -> FillProgress {
+        FillProgress {
+            written: self.state.borrow().len as u64,
+            total: declared_body_len(&self.meta.decoded_header),
+        }
     }
 
     fn set_status(&self, status: Status) {
