@@ -128,6 +128,7 @@ impl AdminApp {
             "view_version": self.shared.view_version.load(Ordering::SeqCst),
             "silos": silos,
             "cache": tiers,
+            "origin": origin_status(&settings),
             "source": self.source_status(),
             "peers": self.peers_status(),
         })
@@ -166,6 +167,19 @@ impl AdminApp {
             "template_error": st.template_error,
             "template_errors": st.template_errors,
             "restored_from_disk": st.restored_from_disk,
+            "origin_error": st.origin_error,
+            "origin_errors": st.origin_errors,
+            "reconcile": {
+                "passes": st.reconcile.passes,
+                "queries": st.reconcile.queries,
+                "hashes_checked": st.reconcile.checked,
+                "deleted_purged": st.reconcile.deleted,
+                "largest_query": st.reconcile.largest_query,
+                "last_pass_seconds": st.reconcile.last_pass.map(|d| d.as_secs_f64()),
+                "last_pass_checked": st.reconcile.last_pass_checked,
+                "errors": st.reconcile.errors,
+                "last_problem": st.reconcile.last_problem,
+            },
         })
     }
 
@@ -230,6 +244,29 @@ impl AdminApp {
             StatusCode::OK,
             json!({"purged": purged, "not_cached": absent}),
         )
+    }
+}
+
+/// Where misses go: the servers, or the bucket (never its credentials: only whether
+/// requests are signed).
+fn origin_status(s: &crate::config::Settings) -> serde_json::Value {
+    let kind = match (&s.shimmie_origin, &s.s3) {
+        (Some(_), _) => "shimmie",
+        (None, Some(_)) => "s3",
+        (None, None) => "servers",
+    };
+    match &s.s3 {
+        Some(b) => json!({"kind": kind, "bucket": b.bucket, "endpoint": b.endpoint,
+                          "region": b.region, "path_style": b.path_style,
+                          "signed": b.signed()}),
+        None => {
+            let servers: Vec<String> = s
+                .origins
+                .iter()
+                .map(|o| format!("{}://{}", if o.tls { "https" } else { "http" }, o.addr))
+                .collect();
+            json!({"kind": kind, "servers": servers})
+        }
     }
 }
 

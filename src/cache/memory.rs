@@ -213,6 +213,23 @@ impl MemoryStorage {
         }
     }
 
+    /// The key hashes of every resident completed object, copied under the ledger lock
+    /// in one pass (no TinyUFO access, so no effect on admission or eviction). For the
+    /// reconcile of deleted posts; hits never take this lock, fills and purges wait for
+    /// the copy (about 2 ms a million objects).
+    pub fn resident_keys(&self) -> Vec<HashBinary> {
+        let ledger = self.ledger.lock();
+        let mut keys = Vec::with_capacity(ledger.objects);
+        keys.extend(
+            ledger
+                .resident
+                .iter()
+                .filter(|(_, r)| r.live)
+                .map(|(k, _)| *k),
+        );
+        keys
+    }
+
     /// Remove the object for `key` (a [`CacheKey`] or
     /// [`CompactCacheKey`](pingora_cache::key::CompactCacheKey)), and keep any fill in
     /// progress for it from being stored or served to new readers. Used for bans.

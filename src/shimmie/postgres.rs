@@ -13,7 +13,10 @@ use sqlx::Row;
 use tokio::time::{timeout_at, Instant};
 
 use super::sql::{Engine, SqlSource};
-use super::{dsn_error, BanBatch, Change, ShimmieSettings, Source, SourceError};
+use super::{
+    dsn_error, BanBatch, Change, PostsProbe, S3Rows, ShimmieSettings, Source, SourceError,
+};
+use crate::object::Md5;
 
 pub use super::sql::SETTINGS_SQL;
 
@@ -44,6 +47,15 @@ impl Engine for Postgres {
             .map(i64::from)
             .or_else(|_| row.try_get::<i64, _>(0))
             .ok()
+    }
+
+    /// Found on the search path, as Shimmie's own queries find it.
+    const QUEUE_TABLE_SQL: &'static str = "SELECT 1 WHERE to_regclass('s3_sync_queue') IS NOT NULL";
+
+    /// sqlx sends a `String` as `text`, and `char(32) = text` compares as text, which
+    /// cannot use the index on `images.hash`: the cast makes it `bpchar = bpchar`.
+    fn hash_placeholder(n: usize) -> String {
+        format!("${n}::bpchar")
     }
 }
 
@@ -92,6 +104,22 @@ impl Source for PgSource {
 
     async fn bans_after(&self, after_id: i64, limit: usize) -> Result<BanBatch, SourceError> {
         self.sql.bans_after(after_id, limit).await
+    }
+
+    async fn read_s3(&self) -> Result<S3Rows, SourceError> {
+        self.sql.read_s3().await
+    }
+
+    async fn posts_probe(&self) -> Result<PostsProbe, SourceError> {
+        self.sql.posts_probe().await
+    }
+
+    async fn live_hashes(
+        &self,
+        hashes: &[Md5],
+        delete_queue: bool,
+    ) -> Result<std::collections::HashSet<Md5>, SourceError> {
+        self.sql.live_hashes(hashes, delete_queue).await
     }
 
     async fn wait_for_change(&self, max_wait: Duration) -> Result<Change, SourceError> {
