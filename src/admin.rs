@@ -177,6 +177,7 @@ impl AdminApp {
                 "largest_query": st.reconcile.largest_query,
                 "last_pass_seconds": st.reconcile.last_pass.map(|d| d.as_secs_f64()),
                 "last_pass_checked": st.reconcile.last_pass_checked,
+                "last_pass_queries": st.reconcile.last_pass_queries,
                 "errors": st.reconcile.errors,
                 "last_problem": st.reconcile.last_problem,
             },

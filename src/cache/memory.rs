@@ -215,8 +215,9 @@ impl MemoryStorage {
 
     /// The key hashes of every resident completed object, copied under the ledger lock
     /// in one pass (no TinyUFO access, so no effect on admission or eviction). For the
-    /// reconcile of deleted posts; hits never take this lock, fills and purges wait for
-    /// the copy (about 2 ms a million objects).
+    /// reconcile of deleted posts, once a pass. Hits never take this lock; fills
+    /// finishing and purges wait for the copy: 17 ms for a million objects measured on
+    /// the 2-core VM (a 16G tier of 100 KB images holds 160,000).
     pub fn resident_keys(&self) -> Vec<HashBinary> {
         let ledger = self.ledger.lock();
         let mut keys = Vec::with_capacity(ledger.objects);

@@ -6,8 +6,8 @@
 //! a deletion may also wait in `s3_sync_queue` (action 'D') while the file is still in
 //! the bucket: such a hash counts as deleted too.
 //!
-//! A pass walks what is cached: the memory tier's keys (copied once, in one lock hold)
-//! and the disk tier's index (a page a lock hold). The memory tier keeps bare key
+//! A pass walks what is cached: the disk tier's index (a page a lock hold), then the
+//! memory tier's keys (copied once, in one lock hold). The memory tier keeps bare key
 //! hashes, which may be an image's md5 or a thumbnail's masked one, so both md5s go to
 //! the database and the object counts as deleted only if neither is a live post. Each
 //! query asks for at most `batch` hashes (an index lookup each), and queries are
@@ -78,6 +78,8 @@ pub struct ReconcileStatus {
     pub last_pass: Option<Duration>,
     /// Hashes the last pass checked.
     pub last_pass_checked: u64,
+    /// Queries the last pass sent.
+    pub last_pass_queries: u64,
     /// Why the last pass stopped or purged nothing on purpose (kept after recovery).
     pub last_problem: Option<String>,
 }
@@ -161,6 +163,7 @@ impl Batch {
 #[derive(Default)]
 struct Pass {
     checked: u64,
+    queries: u64,
     deleted: u64,
     logged: u64,
 }
@@ -195,9 +198,10 @@ impl SyncService {
             Ok(Some(p)) => {
                 let rate = p.checked as f64 / took.as_secs_f64().max(1e-9);
                 tracing::info!(
-                    "reconcile: {} cached hashes checked against images in {took:.1?} \
-                     ({rate:.0}/s), {} deleted posts purged",
+                    "reconcile: {} cached hashes checked against images in {} queries in \
+                     {took:.1?} ({rate:.0}/s), {} cached objects of deleted posts purged",
                     p.checked,
+                    p.queries,
                     p.deleted
                 );
                 self.update(|s| {
@@ -205,6 +209,7 @@ impl SyncService {
                     r.passes += 1;
                     r.last_pass = Some(took);
                     r.last_pass_checked = p.checked;
+                    r.last_pass_queries = p.queries;
                 });
             }
             Ok(None) => {}
@@ -240,15 +245,8 @@ impl SyncService {
         }
         let mut pass = Pass::default();
         let mut batch = Batch::new(o.batch);
-        let memory = self.target.memory_keys();
-        let objects = memory
-            .iter()
-            .map(|k| Candidates::either(ObjectRef::for_key_hash(k)));
-        for c in objects {
-            self.add(&mut batch, c, &mut pass, o, probe.delete_queue, shutdown)
-                .await?;
-        }
-        drop(memory);
+        // The disk index first: its objects name their md5, and purging one also
+        // takes both silos out of memory, so fewer ambiguous memory keys are left.
         let mut from = Some(0);
         while let Some(at) = from {
             let (page, next) = self.target.disk_page(at, DISK_PAGE);
@@ -258,6 +256,14 @@ impl SyncService {
                 self.add(&mut batch, c, &mut pass, o, probe.delete_queue, shutdown)
                     .await?;
             }
+        }
+        let memory = self.target.memory_keys();
+        let objects = memory
+            .iter()
+            .map(|k| Candidates::either(ObjectRef::for_key_hash(k)));
+        for c in objects {
+            self.add(&mut batch, c, &mut pass, o, probe.delete_queue, shutdown)
+                .await?;
         }
         if !batch.is_empty() {
             self.check(&mut batch, &mut pass, probe.delete_queue)
@@ -322,6 +328,7 @@ impl SyncService {
             }
         }
         pass.checked += sent as u64;
+        pass.queries += 1;
         pass.deleted += deleted;
         self.update(|s| {
             let r = &mut s.reconcile;

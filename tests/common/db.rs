@@ -634,6 +634,30 @@ impl Shimmie {
         .expect("enqueue");
     }
 
+    /// Refreshes the planner's statistics for one table (after a bulk insert).
+    pub async fn analyze_table(&self, table: &str) {
+        match self {
+            Shimmie::Pg(_) => self.exec(&format!("VACUUM ANALYZE {table}")).await,
+            Shimmie::My(_) => self.exec(&format!("ANALYZE TABLE {table}")).await,
+            Shimmie::Lite(_) => self.exec(&format!("ANALYZE {table}")).await,
+        }
+    }
+
+    /// PostgreSQL: the plan of `sql` with `$1` bound to the hashes as one array.
+    pub async fn explain_array(&self, sql: &str, hashes: &[String]) -> String {
+        let Shimmie::Pg(p) = self else {
+            panic!("array parameters are PostgreSQL's");
+        };
+        let query = AssertSqlSafe(format!("EXPLAIN (COSTS OFF) {sql}"));
+        let rows = sqlx::query(query)
+            .bind(hashes.to_vec())
+            .fetch_all(p)
+            .await
+            .expect("explain");
+        let lines: Vec<String> = rows.iter().map(|r| plan_line(self, r)).collect();
+        lines.join("\n")
+    }
+
     /// The plan of `sql` with each `?` bound to a hash (PostgreSQL's `$n` as written).
     pub async fn explain_hashes(&self, sql: &str, hashes: &[String]) -> String {
         let explain = match self {
