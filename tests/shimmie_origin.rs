@@ -62,7 +62,7 @@ async fn start(work: &Path, db: &Shimmie, dsn: &str) -> Rig {
     let a: Vec<Post> = (0..3)
         .map(|i| post(10 + i, 20_000, "image/jpeg", "jpg"))
         .collect();
-    let b: Vec<Post> = (0..8)
+    let b: Vec<Post> = (0..9)
         .map(|i| post(20 + i, 30_000, "image/png", "png"))
         .collect();
     let creds = work.join("creds");
@@ -296,6 +296,32 @@ async fn follows_the_database(db: &Shimmie, dsn: &str, engine: &str) {
     rig.until_installs(installs + 2.0).await;
     rig.assert_serves(&rig.b[7], "MISS").await;
 
+    // SIGHUP with an override in the file: the bucket from the database is built
+    // again with it (not dropped for want of one in the YAML).
+    let conf = std::fs::read_to_string(&rig.mirror.conf).expect("config");
+    let overridden = conf.replace(
+        "  origin: shimmie\n",
+        "  origin:\n    from: shimmie\n    region: us-east-1\n",
+    );
+    std::fs::write(&rig.mirror.conf, overridden).expect("rewrite config");
+    let reloads = |text: String| {
+        metric_value(&text, "shimmer_config_reloads_total", &[("result", "ok")]).unwrap_or(0.0)
+    };
+    let before = reloads(rig.metrics().await);
+    rig.mirror.proc.signal(libc::SIGHUP);
+    let reloaded = eventually_async(WAIT, || async {
+        (reloads(rig.metrics().await) > before).then_some(())
+    })
+    .await;
+    assert!(reloaded.is_some(), "no reload");
+    let origin = rig.status().await["origin"].clone();
+    assert_eq!(
+        (&origin["bucket"], &origin["region"]),
+        (&"shimmie-b".into(), &"us-east-1".into()),
+        "{origin}"
+    );
+    rig.assert_serves(&rig.b[8], "MISS").await;
+
     // Secrets: never logged, never in /status or /metrics.
     let everything = format!(
         "{}\n{}\n{}",
@@ -375,4 +401,39 @@ fn t_checks_origin_shimmie() {
     );
     let (ok, out) = check(work.path(), &overrides);
     assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_bucket_yet_is_a_502_then_the_first_good_rows_serve() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (db, dsn) = Shimmie::sqlite(&work.path().join("shimmie.db")).await;
+    // Shimmie's S3 extension not configured yet: no bucket.
+    let (proc, addr) = moto(work.path(), false);
+    let p = post(40, 10_000, "image/jpeg", "jpg");
+    common::s3::fill(
+        work.path(),
+        addr,
+        "shimmie-public",
+        false,
+        std::slice::from_ref(&p),
+    );
+    let (port, admin) = (free_port(), free_port());
+    let mirror = Mirror::start_yaml(work.path(), port, &yaml(work.path(), port, admin, &dsn));
+    let url = mirror.url(&format!("/_images/{}/x.jpg", p.hash));
+    let noticed = wait_for_log(&mirror.proc, "s3_image_bucket is not set", WAIT);
+    assert!(noticed.is_some(), "{}", mirror.proc.log_text());
+    let r = client().get(&url).send().await.expect("request");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(r.text().await.expect("body"), "origin failed\n");
+    db.set_config("s3_endpoint", Some(&format!("http://{addr}")))
+        .await;
+    db.set_config("s3_image_bucket", Some("shimmie-public"))
+        .await;
+    let served = eventually_async(WAIT, || async {
+        let r = client().get(&url).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "{}", mirror.proc.log_text());
+    drop(proc);
 }
