@@ -129,6 +129,7 @@ impl AdminApp {
             "view_version": self.shared.view_version.load(Ordering::SeqCst),
             "silos": silos,
             "cache": tiers,
+            "origin": origin_status(&settings),
             "source": self.source_status(),
             "peers": self.peers_status(),
             "fleet": self.fleet_status(),
@@ -185,6 +186,20 @@ impl AdminApp {
             "template_error": st.template_error,
             "template_errors": st.template_errors,
             "restored_from_disk": st.restored_from_disk,
+            "origin_error": st.origin_error,
+            "origin_errors": st.origin_errors,
+            "reconcile": {
+                "passes": st.reconcile.passes,
+                "queries": st.reconcile.queries,
+                "hashes_checked": st.reconcile.checked,
+                "deleted_purged": st.reconcile.deleted,
+                "largest_query": st.reconcile.largest_query,
+                "last_pass_seconds": st.reconcile.last_pass.map(|d| d.as_secs_f64()),
+                "last_pass_checked": st.reconcile.last_pass_checked,
+                "last_pass_queries": st.reconcile.last_pass_queries,
+                "errors": st.reconcile.errors,
+                "last_problem": st.reconcile.last_problem,
+            },
         })
     }
 
@@ -293,6 +308,29 @@ async fn read_hashes(session: &mut ServerSession) -> Result<Vec<Md5>, Response<V
         }
     }
     parse_hashes(&body).map_err(|m| text(StatusCode::BAD_REQUEST, format!("{m}\n")))
+}
+
+/// Where misses go: the servers, or the bucket (never its credentials: only whether
+/// requests are signed).
+fn origin_status(s: &crate::config::Settings) -> serde_json::Value {
+    let kind = match (&s.shimmie_origin, &s.s3) {
+        (Some(_), _) => "shimmie",
+        (None, Some(_)) => "s3",
+        (None, None) => "servers",
+    };
+    match &s.s3 {
+        Some(b) => json!({"kind": kind, "bucket": b.bucket, "endpoint": b.endpoint,
+                          "region": b.region, "path_style": b.path_style,
+                          "signed": b.signed()}),
+        None => {
+            let servers: Vec<String> = s
+                .origins
+                .iter()
+                .map(|o| format!("{}://{}", if o.tls { "https" } else { "http" }, o.addr))
+                .collect();
+            json!({"kind": kind, "servers": servers})
+        }
+    }
 }
 
 /// `{"hashes": [...]}`, a JSON array, or one hash per line. Every hash must be 32

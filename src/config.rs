@@ -28,6 +28,7 @@ pub mod units;
 
 pub use fixed::Fixed;
 pub use ops::CertKey;
+pub use render::resolve_origin;
 pub use units::{ByteSize, Seconds};
 
 /// Why a configuration was refused. The message names the file and the key.
@@ -107,8 +108,12 @@ pub struct Settings {
     /// `shimmer.origin.path`, with the origin kind's defaults filled in.
     pub origin_paths: crate::origin::path::OriginPaths,
     /// `shimmer.origin.s3`: the bucket and its credentials (then `origins` holds its
-    /// one endpoint).
+    /// one endpoint). With `origin: shimmie`, the bucket read from Shimmie's database
+    /// (`None`, and no `origins`, until it has been read).
     pub s3: Option<Arc<crate::origin::s3::S3Origin>>,
+    /// `origin: shimmie`: the YAML's overrides; the bucket itself comes from the
+    /// database (`crate::state::Shared::install_shimmie_origin`).
+    pub shimmie_origin: Option<crate::origin::shimmie::ShimmieOrigin>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -177,3 +182,5 @@ pub fn warnings(path: &Path, fixed: &Fixed) -> Vec<String> {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_origin;

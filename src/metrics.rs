@@ -153,7 +153,7 @@ metric!(RELOADS: IntCounterVec = register_int_counter_vec!(
 
 metric!(PURGES: IntCounterVec = register_int_counter_vec!(
     "shimmer_purges_total",
-    "Hashes purged from the caches, by cause (admin, ban).",
+    "Hashes purged from the caches, by cause (admin, ban, deleted: a post Shimmie no longer has).",
     &["cause"]
 ));
 
@@ -208,6 +208,53 @@ metric!(SYNC_BANS: IntGauge = register_int_gauge!(
     "Banned hashes known to this mirror."
 ));
 
+metric!(SYNC_ORIGIN_INSTALLS: IntCounter = register_int_counter!(
+    "shimmer_sync_origin_installs_total",
+    "Buckets installed from Shimmie's S3 settings (origin: shimmie)."
+));
+
+metric!(SYNC_ORIGIN_ERRORS: IntCounter = register_int_counter!(
+    "shimmer_sync_origin_errors_total",
+    "Sets of Shimmie S3 settings that did not build (origin: shimmie); the bucket in force stayed."
+));
+
+// The reconcile of deleted posts (src/sync/reconcile.rs).
+
+metric!(RECONCILE_PASSES: IntCounter = register_int_counter!(
+    "shimmer_reconcile_passes_total",
+    "Completed passes over the cached hashes, checked against Shimmie's images table."
+));
+
+metric!(RECONCILE_QUERIES: IntCounter = register_int_counter!(
+    "shimmer_reconcile_queries_total",
+    "Queries the reconcile sent to Shimmie's database (one per batch)."
+));
+
+metric!(RECONCILE_CHECKED: IntCounter = register_int_counter!(
+    "shimmer_reconcile_hashes_checked_total",
+    "Hashes the reconcile looked up in Shimmie's images table."
+));
+
+metric!(RECONCILE_DELETED: IntCounter = register_int_counter!(
+    "shimmer_reconcile_deleted_total",
+    "Cached objects found to be deleted posts, and purged from every tier."
+));
+
+metric!(RECONCILE_ERRORS: IntCounter = register_int_counter!(
+    "shimmer_reconcile_errors_total",
+    "Reconcile passes stopped by a database error (nothing purged after it)."
+));
+
+metric!(RECONCILE_LARGEST_QUERY: IntGauge = register_int_gauge!(
+    "shimmer_reconcile_largest_query_hashes",
+    "The most hashes one reconcile query asked for (at most shimmer.sync.reconcile.batch)."
+));
+
+metric!(RECONCILE_LAST_PASS: Gauge = register_gauge!(
+    "shimmer_reconcile_last_pass_seconds",
+    "How long the last completed reconcile pass took."
+));
+
 /// Outcomes of [`REQUESTS`], created up front so ratios exist before the first request.
 pub const OUTCOMES: [&str; 8] = [
     "hit",
@@ -240,6 +287,15 @@ pub fn init() {
     Lazy::force(&SYNC_TEMPLATE_ERRORS);
     Lazy::force(&SYNC_LAST_SUCCESS);
     Lazy::force(&SYNC_BANS);
+    Lazy::force(&SYNC_ORIGIN_INSTALLS);
+    Lazy::force(&SYNC_ORIGIN_ERRORS);
+    Lazy::force(&RECONCILE_PASSES);
+    Lazy::force(&RECONCILE_QUERIES);
+    Lazy::force(&RECONCILE_CHECKED);
+    Lazy::force(&RECONCILE_DELETED);
+    Lazy::force(&RECONCILE_ERRORS);
+    Lazy::force(&RECONCILE_LARGEST_QUERY);
+    Lazy::force(&RECONCILE_LAST_PASS);
     Lazy::force(&PEER_UP);
     Lazy::force(&PEER_TRANSITIONS);
     Lazy::force(&PEER_PASSIVE_FAILURES);
@@ -285,7 +341,7 @@ pub fn init() {
     for stage in ["started", "completed", "cert_error"] {
         TLS_HANDSHAKES.with_label_values(&[stage]);
     }
-    for cause in ["admin", "ban"] {
+    for cause in ["admin", "ban", "deleted"] {
         PURGES.with_label_values(&[cause]);
     }
 }
@@ -328,9 +384,21 @@ pub fn observe_sync(status: &crate::sync::SyncStatus) {
         SYNC_LAST_SUCCESS.set(secs);
     }
     SYNC_BANS.set(i64::try_from(status.bans_known).unwrap_or(i64::MAX));
+    let r = &status.reconcile;
+    RECONCILE_LARGEST_QUERY.set(i64::try_from(r.largest_query).unwrap_or(i64::MAX));
+    if let Some(d) = r.last_pass {
+        RECONCILE_LAST_PASS.set(d.as_secs_f64());
+    }
     for (counter, total) in [
         (&*SYNC_ERRORS, status.sync_errors),
         (&*SYNC_TEMPLATE_ERRORS, status.template_errors),
+        (&*SYNC_ORIGIN_INSTALLS, status.origin_installs),
+        (&*SYNC_ORIGIN_ERRORS, status.origin_errors),
+        (&*RECONCILE_PASSES, r.passes),
+        (&*RECONCILE_QUERIES, r.queries),
+        (&*RECONCILE_CHECKED, r.checked),
+        (&*RECONCILE_DELETED, r.deleted),
+        (&*RECONCILE_ERRORS, r.errors),
     ] {
         let seen = counter.get();
         if total > seen {
@@ -391,6 +459,11 @@ mod tests {
             "shimmer_sync_bans",
             "shimmer_range_passthrough_total",
             "shimmer_range_passthrough_bytes_total",
+            "shimmer_sync_origin_errors_total",
+            "shimmer_reconcile_passes_total",
+            "shimmer_reconcile_queries_total",
+            "shimmer_reconcile_hashes_checked_total",
+            "shimmer_reconcile_deleted_total",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -229,6 +229,16 @@ impl ObjectRef {
         };
         Some(ObjectRef::new(silo, Md5(md5)))
     }
+
+    /// The two objects a bare key hash may name: the image whose md5 it is, or the
+    /// thumbnail whose masked md5 it is. A tier that keeps only key hashes (the memory
+    /// tier) cannot say which; the reconcile checks both md5s.
+    pub fn for_key_hash(key: &HashBinary) -> [ObjectRef; 2] {
+        [
+            ObjectRef::new(Silo::Images, Md5(*key)),
+            ObjectRef::new(Silo::Thumbs, Md5(mask(*key))),
+        ]
+    }
 }
 
 fn mask(mut bin: HashBinary) -> HashBinary {
@@ -284,6 +294,7 @@ mod tests {
             assert_eq!(key.primary_bin(), obj.key_hash());
             assert_eq!(key.combined_bin(), obj.key_hash());
             assert_eq!(ObjectRef::from_key(&key), Some(obj));
+            assert!(ObjectRef::for_key_hash(&obj.key_hash()).contains(&obj));
         }
     }
 

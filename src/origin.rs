@@ -18,12 +18,14 @@
 //! The mirror's side of origins lives here too:
 //! - `path`: `shimmer.origin.path` templates (`$hash`, `$ab`, `$cd`, `$name`, `$silo`);
 //! - `s3`: `shimmer.origin.s3`, a bucket as the origin, requests signed with SigV4;
+//! - `shimmie`: `origin: shimmie`, that bucket as Shimmie's `config` table names it;
 //! - `upstream`: what the proxy's upstream hooks call.
 
 pub mod path;
 mod request;
 pub mod s3;
 mod serve;
+pub mod shimmie;
 #[cfg(test)]
 mod tests;
 pub mod upstream;

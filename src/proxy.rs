@@ -343,7 +343,8 @@ impl ProxyHttp for Mirror {
         let origin = s
             .origins
             .get(ctx.origin_tries % s.origins.len().max(1))
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no origin configured"))?;
+            // Only `origin: shimmie` before its bucket was read: the origin fails.
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no origin known yet"))?;
         ctx.origin_tries += 1;
         ctx.origin_started = Some(Instant::now());
         let mut peer = HttpPeer::new(origin.addr, origin.tls, origin.host.clone());

@@ -22,9 +22,9 @@ use crate::cache::tiered::TieredStorage;
 use crate::config::{Fixed, Settings};
 use crate::fleet::{FleetView, Silo};
 use crate::metrics;
-use crate::object::Md5;
+use crate::object::{Md5, ObjectRef};
 use crate::peers::{peer_table, Peers};
-use crate::shimmie::Bans;
+use crate::shimmie::{Bans, S3Rows};
 use crate::sync::{SyncService, SyncTarget};
 
 /// The cache parts live for the whole process: Pingora's cache API takes `&'static`.
@@ -105,6 +105,10 @@ pub struct Shared {
     pub previous_view: ArcSwapOption<PreviousView>,
     /// Copies of origin fills at the other owner (`peers::warm`).
     pub warm: crate::peers::warm::Warm,
+    /// `origin: shimmie`: the last Shimmie S3 settings that built (to build again on
+    /// reload, with the new file's overrides). Also held by every settings swap, so a
+    /// reload and the sync cannot undo each other's swap.
+    shimmie_origin: parking_lot::Mutex<Option<S3Rows>>,
 }
 
 /// A view that placement has moved on from, kept for `shimmer.fleet.handoff`.
@@ -128,6 +132,7 @@ impl Shared {
             peers,
             previous_view: ArcSwapOption::empty(),
             warm: crate::peers::warm::Warm::default(),
+            shimmie_origin: parking_lot::Mutex::new(None),
         });
         shared.record_view(&shared.fleet.load(), 1);
         shared
@@ -153,10 +158,42 @@ impl Shared {
         (p.replaced_at.elapsed() < handoff).then(|| p.view.clone())
     }
 
-    /// Swaps in new settings (a reload): requests already running keep theirs.
-    pub fn install_settings(&self, settings: Settings) {
+    /// Swaps in new settings (a reload): requests already running keep theirs. With
+    /// `origin: shimmie` the bucket read from the database is built again with the new
+    /// file's overrides (if that fails, the bucket in force stays).
+    pub fn install_settings(&self, mut settings: Settings) {
+        let rows = self.shimmie_origin.lock();
+        if let (Some(opts), Some(rows)) = (&settings.shimmie_origin, rows.as_ref()) {
+            match crate::origin::shimmie::build(rows, opts, crate::config::resolve_origin) {
+                Ok(s3) => use_bucket(&mut settings, Arc::new(s3)),
+                Err(why) => {
+                    tracing::error!("reload: the bucket from Shimmie's config does not build with the new file ({why}); the bucket in force stays");
+                    if let Some(s3) = self.settings.load().s3.clone() {
+                        use_bucket(&mut settings, s3);
+                    }
+                }
+            }
+        }
         self.settings.store(Arc::new(settings));
+        drop(rows);
         self.refresh_peers();
+    }
+
+    /// `origin: shimmie`: builds the bucket Shimmie's S3 settings name and swaps it into
+    /// the settings. Returns a line about it, or why the rows do not build.
+    pub fn install_shimmie_origin(&self, rows: &S3Rows) -> Result<String, String> {
+        let mut held = self.shimmie_origin.lock();
+        let current = self.settings.load_full();
+        let Some(opts) = &current.shimmie_origin else {
+            return Err("the settings in force do not say origin: shimmie".into());
+        };
+        let s3 = crate::origin::shimmie::build(rows, opts, crate::config::resolve_origin)?;
+        let described = crate::origin::shimmie::describe(&s3);
+        let mut next = Settings::clone(&current);
+        use_bucket(&mut next, Arc::new(s3));
+        self.settings.store(Arc::new(next));
+        *held = Some(rows.clone());
+        Ok(described)
     }
 
     /// The peer table follows the view (template links) and `shimmer.peers`.
@@ -224,6 +261,12 @@ impl Shared {
     }
 }
 
+/// Makes `s3` the origin of `settings` (its endpoint the one server).
+fn use_bucket(settings: &mut Settings, s3: Arc<crate::origin::s3::S3Origin>) {
+    settings.origins = vec![s3.server.clone()];
+    settings.s3 = Some(s3);
+}
+
 /// Whether the mirror can serve: false until the services run, then true for good.
 #[derive(Debug, Default)]
 pub struct Readiness(AtomicBool);
@@ -270,5 +313,29 @@ impl SyncTarget for Shared {
     async fn purge(&self, hash: Md5) {
         metrics::PURGES.with_label_values(&["ban"]).inc();
         self.purge_hash(hash);
+    }
+
+    async fn purge_deleted(&self, hash: Md5) {
+        metrics::PURGES.with_label_values(&["deleted"]).inc();
+        self.purge_hash(hash);
+    }
+
+    fn origin_from_shimmie(&self) -> bool {
+        self.settings.load().shimmie_origin.is_some()
+    }
+
+    fn install_shimmie_origin(&self, rows: &S3Rows) -> Result<String, String> {
+        Shared::install_shimmie_origin(self, rows)
+    }
+
+    fn memory_keys(&self) -> Vec<pingora_cache::key::HashBinary> {
+        self.cache.memory.resident_keys()
+    }
+
+    fn disk_page(&self, from: usize, limit: usize) -> (Vec<ObjectRef>, Option<usize>) {
+        match self.cache.disk {
+            Some(d) => d.indexed_page(from, limit),
+            None => (Vec::new(), None),
+        }
     }
 }

@@ -7,6 +7,10 @@
 //! them in the [`Bans`] set (from then on they answer 404) and purges them from every
 //! cache tier. Rounds run every `interval`, and at once on a PostgreSQL notification.
 //!
+//! With `origin: shimmie` each round also reads Shimmie's S3 settings and swaps in the
+//! bucket they name ([`origin`]). Beside the rounds, a second loop reconciles cached
+//! hashes with Shimmie's `images` table and purges deleted posts ([`reconcile`]).
+//!
 //! Faults never stop the mirror: a template that does not parse keeps the last good
 //! view (logged with its key and value, counted); a database that is down keeps the
 //! last view and bans, retried with capped backoff (never longer than one interval,
@@ -24,10 +28,20 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use pingora_cache::key::HashBinary;
+
 use crate::fleet::{Algorithm, FleetError, FleetSpec, FleetView, Silo};
-use crate::object::Md5;
+use crate::object::{Md5, ObjectRef};
 use crate::shimmie::persist::{self, Snapshot};
-use crate::shimmie::{shown, Bans, Change, ShimmieSettings, Source, SourceError};
+use crate::shimmie::{shown, Bans, Change, S3Rows, ShimmieSettings, Source, SourceError};
+
+mod backoff;
+mod bans;
+mod origin;
+mod reconcile;
+
+pub use backoff::Backoff;
+pub use reconcile::{ReconcileOptions, ReconcileStatus};
 
 /// What the sync service drives: the mirror's shared state, behind a small seam.
 #[async_trait]
@@ -41,6 +55,30 @@ pub trait SyncTarget: Send + Sync {
     fn bans(&self) -> &Bans;
     /// Removes this hash (32 lowercase hex) from every cache tier, both silos.
     async fn purge(&self, hash: Md5);
+    /// [`Self::purge`] for a post Shimmie no longer has (the reconcile).
+    async fn purge_deleted(&self, hash: Md5) {
+        self.purge(hash).await;
+    }
+    /// Whether the origin is the bucket Shimmie's config names (`origin: shimmie`).
+    fn origin_from_shimmie(&self) -> bool {
+        false
+    }
+    /// Builds the bucket from Shimmie's S3 settings and swaps it in; a line about it
+    /// (no credentials), or why the rows do not build (the origin in force stays).
+    /// Resolves the endpoint's name: call it off the async workers.
+    fn install_shimmie_origin(&self, rows: &S3Rows) -> Result<String, String> {
+        let _ = rows;
+        Err("this mirror does not take its origin from Shimmie".into())
+    }
+    /// The memory tier's key hashes (one copy).
+    fn memory_keys(&self) -> Vec<HashBinary> {
+        Vec::new()
+    }
+    /// One page of the disk tier's index from slot `from`, and where to go on.
+    fn disk_page(&self, from: usize, limit: usize) -> (Vec<ObjectRef>, Option<usize>) {
+        let _ = (from, limit);
+        (Vec::new(), None)
+    }
 }
 
 /// Tuning, from the YAML.
@@ -61,6 +99,8 @@ pub struct SyncOptions {
     pub min_backoff: Duration,
     /// Retry delay cap (never more than `interval` either).
     pub max_backoff: Duration,
+    /// The reconcile of deleted posts.
+    pub reconcile: ReconcileOptions,
 }
 
 impl Default for SyncOptions {
@@ -75,6 +115,7 @@ impl Default for SyncOptions {
             query_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            reconcile: ReconcileOptions::default(),
         }
     }
 }
@@ -104,6 +145,15 @@ pub struct SyncStatus {
     pub last_full_read: Option<Duration>,
     /// The view and bans at start came from the state file.
     pub restored_from_disk: bool,
+    /// `origin: shimmie`: buckets installed from Shimmie's config so far.
+    pub origin_installs: u64,
+    /// Distinct sets of S3 settings refused.
+    pub origin_errors: u64,
+    /// Why the S3 settings in the database right now are refused (the bucket in force
+    /// stays). Never shows a credential.
+    pub origin_error: Option<String>,
+    /// The reconcile of deleted posts.
+    pub reconcile: ReconcileStatus,
 }
 
 /// The service. Share it as `Arc` (pingora's `background_service(..).task()`) to read
@@ -130,6 +180,10 @@ struct LoopState {
     dirty: bool,
     save_failing: bool,
     down_since: Option<Instant>,
+    /// The S3 rows the bucket in force was built from (`origin: shimmie`).
+    origin_installed: Option<S3Rows>,
+    /// The last S3 rows refused, so they are logged and counted once.
+    origin_rejected: Option<S3Rows>,
 }
 
 impl SyncService {
@@ -208,8 +262,13 @@ impl SyncService {
         true
     }
 
-    /// The loop. Returns only on shutdown: database errors are retried forever.
-    pub async fn run(&self, mut shutdown: ShutdownWatch) {
+    /// The loops (rounds, and the reconcile beside them). Return only on shutdown:
+    /// database errors are retried forever.
+    pub async fn run(&self, shutdown: ShutdownWatch) {
+        tokio::join!(self.rounds(shutdown.clone()), self.reconcile_loop(shutdown));
+    }
+
+    async fn rounds(&self, mut shutdown: ShutdownWatch) {
         self.preload();
         let mut st = LoopState {
             installed: self.restored.lock().take(),
@@ -219,6 +278,8 @@ impl SyncService {
             dirty: false,
             save_failing: false,
             down_since: None,
+            origin_installed: None,
+            origin_rejected: None,
         };
         let o = &self.opts;
         let cap = o.max_backoff.min(o.interval).max(o.min_backoff);
@@ -293,6 +354,7 @@ impl SyncService {
             }
             Err(e) => return Err(e),
         }
+        self.follow_origin(st).await?;
         self.sync_bans(st).await?;
         self.persist(st).await;
         Ok(())
@@ -366,72 +428,6 @@ impl SyncService {
             s.view_version = version;
             s.template_error = None;
         });
-    }
-
-    async fn sync_bans(&self, st: &mut LoopState) -> Result<(), SourceError> {
-        let bans = self.target.bans();
-        let page = self.opts.ban_page.max(1);
-        let full_reread = self.opts.full_reread;
-        let full_due = st.last_full.is_none_or(|t| t.elapsed() >= full_reread);
-        let mut added = Vec::new();
-        if full_due {
-            let started = Instant::now();
-            let batch = self
-                .timed("reading image_bans", self.source.all_bans(page))
-                .await?;
-            let took = started.elapsed();
-            let read = batch.read;
-            let diff = bans.replace_all(batch.rows.iter().map(|r| r.hash.to_u128()).collect());
-            // Lower than before if the newest bans were deleted: ids only grow, so
-            // nothing new can hide below it.
-            st.cursor = batch.last_id.unwrap_or(i64::MIN);
-            st.last_full = Some(Instant::now());
-            tracing::info!(
-                "sync: full ban read: {} bans ({read} rows, {} malformed skipped), {} new, {} lifted, in {took:.0?}",
-                bans.len(),
-                batch.skipped,
-                diff.added.len(),
-                diff.removed.len()
-            );
-            for hash in diff.removed.iter().take(20) {
-                tracing::info!("sync: ban lifted: {}", Md5::from_u128(*hash));
-            }
-            st.dirty |= !diff.added.is_empty() || !diff.removed.is_empty();
-            added = diff.added;
-            self.update(|s| {
-                s.last_full_read = Some(took);
-                s.last_full_reread = Some(SystemTime::now());
-            });
-        } else {
-            loop {
-                let call = self.source.bans_after(st.cursor, page);
-                let batch = self.timed("reading image_bans", call).await?;
-                if let Some(last) = batch.last_id {
-                    st.cursor = st.cursor.max(last);
-                }
-                let hashes: Vec<u128> = batch.rows.iter().map(|r| r.hash.to_u128()).collect();
-                added.extend(bans.insert_many(&hashes));
-                if batch.read < page {
-                    break;
-                }
-            }
-            st.dirty |= !added.is_empty();
-        }
-        // The set already answers 404 for these; purging frees the caches.
-        if !added.is_empty() {
-            let count = added.len();
-            tracing::info!("sync: {count} new bans: purging them from every cache tier");
-            for hash in added {
-                let hash = Md5::from_u128(hash);
-                if count <= 20 {
-                    tracing::info!("sync: banned {hash}");
-                }
-                self.target.purge(hash).await;
-            }
-            // metrics: shimmer_sync_purges_total += count
-            self.update(|s| s.purges += count as u64);
-        }
-        Ok(())
     }
 
     /// Writes the state file if anything changed; a failure is logged, not fatal.
@@ -536,52 +532,9 @@ async fn pause(shutdown: &mut ShutdownWatch, delay: Duration) -> bool {
     }
 }
 
-/// Capped exponential backoff, deterministic (one mirror per database connection,
-/// so there is no thundering herd to spread).
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    /// The delay to wait now; the one after it doubles, up to the cap.
-    pub fn delay(&mut self) -> Duration {
-        let now = self.next.min(self.max);
-        self.next = (now * 2).min(self.max).max(self.min);
-        now
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_and_resets() {
-        let ms = Duration::from_millis;
-        let mut b = Backoff::new(ms(100), ms(1000));
-        let seen: Vec<Duration> = (0..6).map(|_| b.delay()).collect();
-        assert_eq!(
-            seen,
-            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
-        );
-        b.reset();
-        assert_eq!(b.delay(), ms(100));
-    }
 
     #[test]
     fn is_a_pingora_background_service() {

@@ -7,7 +7,9 @@ KEY with that Content-Type and Content-Disposition, public-read for a public buc
 For a private bucket the server must run with INITIAL_NO_AUTH_ACTION_COUNT=3: the
 first three calls (unauthenticated) create an IAM user, its key and an allow-all
 policy; everything after is signed with that key, which is written to
-CRED_DIR/access_key_id and CRED_DIR/secret_access_key. Prints "ready" when done.
+CRED_DIR/access_key_id and CRED_DIR/secret_access_key (when they are there already,
+from an earlier run against the same server, they are used instead). Prints "ready"
+when done.
 """
 
 import json
@@ -21,7 +23,14 @@ def main():
     endpoint, bucket, mode, manifest, cred_dir = sys.argv[1:6]
     kw = dict(endpoint_url=endpoint, region_name="us-east-1")
     key_id, secret = "AKIAIOSFODNN7EXAMPLE", "test-secret"
-    if mode == "private":
+    id_file = os.path.join(cred_dir, "access_key_id")
+    if mode == "private" and os.path.exists(id_file):
+        # A second bucket on the same server: the keys were issued already.
+        with open(id_file) as f:
+            key_id = f.read().strip()
+        with open(os.path.join(cred_dir, "secret_access_key")) as f:
+            secret = f.read().strip()
+    elif mode == "private":
         iam = boto3.client(
             "iam", aws_access_key_id=key_id, aws_secret_access_key=secret, **kw
         )

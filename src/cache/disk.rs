@@ -527,6 +527,12 @@ impl DiskStorage {
         books.index.remove(&key).is_some()
     }
 
+    /// One page of the indexed objects ([`index::Index::page`]): for the reconcile of
+    /// deleted posts, which walks the index a page per lock hold.
+    pub fn indexed_page(&self, from: usize, limit: usize) -> (Vec<ObjectRef>, Option<usize>) {
+        self.books.lock().index.page(from, limit)
+    }
+
     /// The object an index key names, if indexed (purges by hash need the path).
     pub(crate) fn indexed_object(&self, key: &HashBinary) -> Option<ObjectRef> {
         self.books.lock().index.get(key).map(|r| r.obj)

@@ -213,6 +213,24 @@ impl MemoryStorage {
         }
     }
 
+    /// The key hashes of every resident completed object, copied under the ledger lock
+    /// in one pass (no TinyUFO access, so no effect on admission or eviction). For the
+    /// reconcile of deleted posts, once a pass. Hits never take this lock; fills
+    /// finishing and purges wait for the copy: 17 ms for a million objects measured on
+    /// the 2-core VM (a 16G tier of 100 KB images holds 160,000).
+    pub fn resident_keys(&self) -> Vec<HashBinary> {
+        let ledger = self.ledger.lock();
+        let mut keys = Vec::with_capacity(ledger.objects);
+        keys.extend(
+            ledger
+                .resident
+                .iter()
+                .filter(|(_, r)| r.live)
+                .map(|(k, _)| *k),
+        );
+        keys
+    }
+
     /// Remove the object for `key` (a [`CacheKey`] or
     /// [`CompactCacheKey`](pingora_cache::key::CompactCacheKey)), and keep any fill in
     /// progress for it from being stored or served to new readers. Used for bans.

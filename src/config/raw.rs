@@ -29,6 +29,7 @@ pub struct RawShimmer {
     pub mode: Mode,
     #[serde(default)]
     pub algorithm: Algorithm,
+    #[serde(deserialize_with = "origin_form")]
     pub origin: RawOrigin,
     #[serde(default = "default_source")]
     pub source: String,
@@ -60,6 +61,9 @@ pub struct RawShimmer {
     pub fleet: super::peers::RawFleet,
 }
 
+/// `shimmer.origin` as written: the word `shimmie` (the bucket from Shimmie's `config`
+/// table, every other key at its default), or a map. The map has `servers` (HTTP),
+/// `s3` (a bucket), or `from: shimmie` with the overrides that only apply to it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrigin {
@@ -71,6 +75,18 @@ pub struct RawOrigin {
     /// A bucket instead of `servers` (`crate::origin::s3`).
     #[serde(default)]
     pub s3: Option<crate::origin::s3::RawS3>,
+    /// `shimmie`: the bucket from Shimmie's `config` table (`crate::origin::shimmie`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// With `from: shimmie`: the region to sign with instead of `s3_region`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// With `from: shimmie`: `false` for virtual-hosted requests (default true).
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// With `from: shimmie`: never sign, whatever keys the table holds.
+    #[serde(default)]
+    pub anonymous: Option<bool>,
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default = "default_connect_timeout")]
@@ -79,6 +95,42 @@ pub struct RawOrigin {
     pub read_timeout: Seconds,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Seconds,
+}
+
+/// `origin: shimmie` as a plain word, or the map.
+pub fn origin_form<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RawOrigin, D::Error> {
+    use serde::de::Error;
+    // Through a Value so a map's own errors (an unknown key, say) stay precise; an
+    // untagged enum would only say that no variant matched.
+    match serde_yaml::Value::deserialize(d)? {
+        serde_yaml::Value::String(word) if word == "shimmie" => Ok(RawOrigin {
+            from: Some(word),
+            ..RawOrigin::default()
+        }),
+        serde_yaml::Value::String(word) => Err(D::Error::custom(format!(
+            "{word:?}: give `shimmie` (the bucket from Shimmie's config table), or a map \
+             with `servers`, `s3` or `from: shimmie`"
+        ))),
+        map => RawOrigin::deserialize(map).map_err(D::Error::custom),
+    }
+}
+
+impl Default for RawOrigin {
+    fn default() -> Self {
+        RawOrigin {
+            servers: Vec::new(),
+            path: None,
+            s3: None,
+            from: None,
+            region: None,
+            path_style: None,
+            anonymous: None,
+            host: None,
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -147,6 +199,7 @@ pub struct RawSync {
     pub interval: Seconds,
     pub full_reread: Seconds,
     pub state_file: Option<PathBuf>,
+    pub reconcile: RawReconcile,
 }
 
 impl Default for RawSync {
@@ -156,6 +209,32 @@ impl Default for RawSync {
             interval: Seconds(d.interval),
             full_reread: Seconds(d.full_reread),
             state_file: None,
+            reconcile: RawReconcile::default(),
+        }
+    }
+}
+
+/// `shimmer.sync.reconcile`: the cached hashes checked against Shimmie's `images`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReconcile {
+    pub enabled: bool,
+    /// Hashes per query.
+    pub batch: usize,
+    /// Pause between two queries.
+    pub interval: Seconds,
+    /// A pass starts at most this often.
+    pub every: Seconds,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        let d = crate::sync::ReconcileOptions::default();
+        RawReconcile {
+            enabled: d.enabled,
+            batch: d.batch,
+            interval: Seconds(d.interval),
+            every: Seconds(d.every),
         }
     }
 }

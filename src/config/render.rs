@@ -16,6 +16,7 @@ use crate::cache::disk::DiskConfig;
 use crate::fleet::{FleetSpec, FleetView};
 use crate::origin::path::OriginPaths;
 use crate::origin::s3::S3Origin;
+use crate::origin::shimmie::ShimmieOrigin;
 
 /// Largest object kept on disk when `disk_max_object_bytes` is not set (and at most an
 /// eighth of `disk_bytes`).
@@ -105,13 +106,24 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
             return Err((key, "must be greater than zero".into()));
         }
     }
+    let reconcile = reconcile_options(&raw.sync.reconcile)?;
     let sync = crate::sync::SyncOptions {
         interval: raw.sync.interval.0,
         full_reread: raw.sync.full_reread.0,
         state_path: raw.sync.state_file.clone(),
+        reconcile,
         ..crate::sync::SyncOptions::default()
     };
     let (origins, origin_paths, s3) = origin_kind(&raw.origin)?;
+    let shimmie_origin = shimmie_origin(&raw.origin)?;
+    if shimmie_origin.is_some() && source.is_none() {
+        return Err((
+            "shimmer.origin",
+            "`shimmie` reads the bucket from Shimmie's config table, so shimmer.source must \
+             be Shimmie's database (postgres://, mysql://, mariadb:// or sqlite://), not static"
+                .into(),
+        ));
+    }
     if let Some(h) = &raw.origin.host {
         if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(("shimmer.origin.host", format!("{h:?} is not a host")));
@@ -177,6 +189,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         origin_host: raw.origin.host,
         origin_paths,
         s3,
+        shimmie_origin,
         connect_timeout: raw.origin.connect_timeout.0,
         read_timeout: raw.origin.read_timeout.0,
         idle_timeout: raw.origin.idle_timeout.0,
@@ -318,6 +331,14 @@ fn origin_kind(
     raw: &super::raw::RawOrigin,
 ) -> Result<(Vec<OriginServer>, OriginPaths, Option<Arc<S3Origin>>), Invalid> {
     let paths = OriginPaths::from_raw(raw.path.as_ref()).map_err(|m| ("shimmer.origin.path", m))?;
+    if raw.from.is_some() {
+        // Checked by `shimmie_origin`; the bucket comes later, from the database.
+        return Ok((
+            Vec::new(),
+            paths.or_default(&S3Origin::default_template()),
+            None,
+        ));
+    }
     if let Some(raw_s3) = &raw.s3 {
         if !raw.servers.is_empty() {
             return Err((
@@ -349,8 +370,88 @@ fn origin_kind(
     Ok((origins, paths, None))
 }
 
+/// `origin: shimmie` / `from: shimmie` and its overrides; `None` for the other kinds,
+/// which may not use those overrides.
+fn shimmie_origin(raw: &super::raw::RawOrigin) -> Result<Option<ShimmieOrigin>, Invalid> {
+    let Some(from) = &raw.from else {
+        let stray = [
+            ("shimmer.origin.region", raw.region.is_some()),
+            ("shimmer.origin.path_style", raw.path_style.is_some()),
+            ("shimmer.origin.anonymous", raw.anonymous.is_some()),
+        ];
+        return match stray.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err((
+                key,
+                "only applies with `from: shimmie` (for `s3`, give it under shimmer.origin.s3)"
+                    .into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    if from != "shimmie" {
+        return Err((
+            "shimmer.origin.from",
+            format!("{from:?}: the only origin read from elsewhere is `shimmie`"),
+        ));
+    }
+    let clash = [
+        ("shimmer.origin.servers", !raw.servers.is_empty()),
+        ("shimmer.origin.s3", raw.s3.is_some()),
+        ("shimmer.origin.host", raw.host.is_some()),
+    ];
+    if let Some((key, _)) = clash.iter().find(|(_, set)| *set) {
+        return Err((
+            key,
+            "does not apply with `from: shimmie` (the bucket comes from Shimmie's config table)"
+                .into(),
+        ));
+    }
+    let region = match raw.region.as_deref().map(str::trim) {
+        Some(r) if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            return Err(("shimmer.origin.region", format!("{r:?} is not a region")))
+        }
+        r => r.map(str::to_owned),
+    };
+    Ok(Some(ShimmieOrigin {
+        region,
+        path_style: raw.path_style.unwrap_or(true),
+        anonymous: raw.anonymous.unwrap_or(false),
+    }))
+}
+
+/// `shimmer.sync.reconcile`, checked.
+fn reconcile_options(
+    raw: &super::raw::RawReconcile,
+) -> Result<crate::sync::ReconcileOptions, Invalid> {
+    let max = crate::shimmie::sql::MAX_LIVE_BATCH;
+    // Two at least: a memory-tier object is checked as two md5s in one query.
+    if raw.batch < 2 || raw.batch > max {
+        return Err((
+            "shimmer.sync.reconcile.batch",
+            format!("must be between 2 and {max} hashes"),
+        ));
+    }
+    if raw.every.0.is_zero() {
+        return Err((
+            "shimmer.sync.reconcile.every",
+            "must be greater than zero".into(),
+        ));
+    }
+    Ok(crate::sync::ReconcileOptions {
+        enabled: raw.enabled,
+        batch: raw.batch,
+        interval: raw.interval.0,
+        every: raw.every.0,
+    })
+}
+
 /// `http://host[:port]`, `https://host[:port]` or `host:port` (plain HTTP), resolved
-/// once here so the request path never does DNS.
+/// once so the request path never does DNS (here for the YAML's origins, and by the
+/// sync for the bucket `origin: shimmie` reads from the database).
+pub fn resolve_origin(s: &str) -> Result<OriginServer, String> {
+    parse_origin(s)
+}
+
 fn parse_origin(s: &str) -> Result<OriginServer, String> {
     let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
         (true, r)

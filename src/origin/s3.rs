@@ -59,6 +59,8 @@ pub struct S3Origin {
     pub bucket: String,
     pub region: String,
     pub path_style: bool,
+    /// The endpoint as configured (`http(s)://host[:port]`), for status and logs.
+    pub endpoint: String,
     /// Where to connect (the endpoint, or the bucket's virtual host).
     pub server: OriginServer,
     /// The Host header sent and signed: `host[:port]`, the port only when not the
@@ -75,6 +77,7 @@ impl fmt::Debug for S3Origin {
             .field("bucket", &self.bucket)
             .field("region", &self.region)
             .field("path_style", &self.path_style)
+            .field("endpoint", &self.endpoint)
             .field("server", &self.server)
             .field("host_header", &self.host_header)
             .field("signed", &self.credentials.is_some())
@@ -84,6 +87,35 @@ impl fmt::Debug for S3Origin {
 
 type Invalid = (&'static str, String);
 
+/// Which part of an [`S3Spec`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Part {
+    Endpoint,
+    Bucket,
+    Region,
+}
+
+/// What an S3 origin is built from, wherever it was read: the YAML
+/// ([`S3Origin::from_raw`]) or Shimmie's `config` table (`super::shimmie`).
+pub struct S3Spec<'a> {
+    /// `http(s)://host[:port]`.
+    pub endpoint: &'a str,
+    pub bucket: &'a str,
+    pub region: &'a str,
+    pub path_style: bool,
+    /// Access key id and secret; `None`: anonymous.
+    pub credentials: Option<(String, String)>,
+}
+
+/// An S3 bucket name: 3-63 of a-z, 0-9, '-', '.' (what path- and virtual-hosted-style
+/// requests both accept).
+pub fn valid_bucket(bucket: &str) -> bool {
+    (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 impl S3Origin {
     /// Validates the section and reads the credential files. `parse_origin` resolves
     /// `http(s)://host:port` the way `origin.servers` are resolved.
@@ -91,57 +123,12 @@ impl S3Origin {
         raw: &RawS3,
         parse_origin: impl Fn(&str) -> Result<OriginServer, String>,
     ) -> Result<S3Origin, Invalid> {
-        let bucket = raw.bucket.trim();
-        let valid_bucket = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !valid_bucket {
-            return Err((
-                "shimmer.origin.s3.bucket",
-                format!("{bucket:?} is not an S3 bucket name (3-63 of a-z, 0-9, '-', '.')"),
-            ));
-        }
-        let region = raw.region.trim();
-        if region.is_empty()
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err((
-                "shimmer.origin.s3.region",
-                format!("{region:?} is not a region"),
-            ));
-        }
-        let endpoint = raw
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let (scheme, authority) = endpoint.split_once("://").ok_or((
-            "shimmer.origin.s3.endpoint",
-            format!("{endpoint:?}: give http://host[:port] or https://host[:port]"),
-        ))?;
-        let authority = authority.trim_end_matches('/');
-        let url = if raw.path_style {
-            endpoint.clone()
-        } else {
-            format!("{scheme}://{bucket}.{authority}")
-        };
-        let server = parse_origin(&url).map_err(|m| ("shimmer.origin.s3.endpoint", m))?;
-        let default_port = if server.tls { 443 } else { 80 };
-        let host_header = if server.addr.port() == default_port {
-            server.host.clone()
-        } else if server.host.contains(':') {
-            format!("[{}]:{}", server.host, server.addr.port())
-        } else {
-            format!("{}:{}", server.host, server.addr.port())
-        };
         let credentials = match (&raw.access_key_id_file, &raw.secret_access_key_file) {
             (None, None) => None,
             (Some(id), Some(secret)) => {
                 let id = read_secret("shimmer.origin.s3.access_key_id_file", id)?;
                 let secret = read_secret("shimmer.origin.s3.secret_access_key_file", secret)?;
-                Some(Credentials::new(id, secret, None, None, "shimmer config"))
+                Some((id, secret))
             }
             (Some(_), None) => {
                 return Err((
@@ -156,10 +143,76 @@ impl S3Origin {
                 ))
             }
         };
+        let region = raw.region.trim();
+        let endpoint = raw
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let spec = S3Spec {
+            endpoint: &endpoint,
+            bucket: &raw.bucket,
+            region,
+            path_style: raw.path_style,
+            credentials,
+        };
+        S3Origin::build(spec, parse_origin).map_err(|(part, m)| {
+            let key = match part {
+                S3Part::Endpoint => "shimmer.origin.s3.endpoint",
+                S3Part::Bucket => "shimmer.origin.s3.bucket",
+                S3Part::Region => "shimmer.origin.s3.region",
+            };
+            (key, m)
+        })
+    }
+
+    /// Checks the parts, resolves where to connect and keeps the credentials. The error
+    /// names the part that is wrong.
+    pub fn build(
+        spec: S3Spec<'_>,
+        parse_origin: impl Fn(&str) -> Result<OriginServer, String>,
+    ) -> Result<S3Origin, (S3Part, String)> {
+        let bucket = spec.bucket.trim();
+        if !valid_bucket(bucket) {
+            return Err((
+                S3Part::Bucket,
+                format!("{bucket:?} is not an S3 bucket name (3-63 of a-z, 0-9, '-', '.')"),
+            ));
+        }
+        let region = spec.region.trim();
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err((S3Part::Region, format!("{region:?} is not a region")));
+        }
+        let endpoint = spec.endpoint.trim().trim_end_matches('/');
+        let (scheme, authority) = endpoint.split_once("://").ok_or((
+            S3Part::Endpoint,
+            format!("{endpoint:?}: give http://host[:port] or https://host[:port]"),
+        ))?;
+        let url = if spec.path_style {
+            endpoint.to_owned()
+        } else {
+            format!("{scheme}://{bucket}.{authority}")
+        };
+        let server = parse_origin(&url).map_err(|m| (S3Part::Endpoint, m))?;
+        let default_port = if server.tls { 443 } else { 80 };
+        let host_header = if server.addr.port() == default_port {
+            server.host.clone()
+        } else if server.host.contains(':') {
+            format!("[{}]:{}", server.host, server.addr.port())
+        } else {
+            format!("{}:{}", server.host, server.addr.port())
+        };
+        let credentials = spec
+            .credentials
+            .map(|(id, secret)| Credentials::new(id, secret, None, None, "shimmer"));
         Ok(S3Origin {
             bucket: bucket.to_owned(),
             region: region.to_owned(),
-            path_style: raw.path_style,
+            path_style: spec.path_style,
+            endpoint: endpoint.to_owned(),
             server,
             host_header,
             credentials,

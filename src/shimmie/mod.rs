@@ -18,6 +18,7 @@ pub mod bans;
 pub mod mysql;
 pub mod persist;
 pub mod postgres;
+pub mod s3_rows;
 pub mod sql;
 pub mod sqlite;
 pub mod static_source;
@@ -32,6 +33,7 @@ use sqlx::{ColumnIndex, Decode, Row, ValueRef};
 use crate::object::Md5;
 
 pub use bans::{BanDiff, Bans};
+pub use s3_rows::{S3Rows, Secret};
 pub use static_source::StaticSource;
 
 /// Templates longer than this are refused as corrupt: a real one is a URL with a
@@ -66,6 +68,16 @@ pub struct BanBatch {
     pub last_id: Option<i64>,
     /// Rows skipped as malformed (each reported once in the log).
     pub skipped: usize,
+}
+
+/// What the reconcile of deleted posts asks before a pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PostsProbe {
+    /// `images` has at least one row. An empty table is taken for the wrong database
+    /// (or one being restored), never for "every post was deleted": nothing is purged.
+    pub has_posts: bool,
+    /// `s3_sync_queue` (Shimmie's ext/s3) exists, so its action 'D' rows count too.
+    pub delete_queue: bool,
 }
 
 /// Why [`Source::wait_for_change`] returned.
@@ -148,6 +160,31 @@ pub trait Source: Send + Sync {
                 }
             }
         }
+    }
+
+    /// Reads Shimmie's S3 settings (`origin: shimmie`): five rows of `config` by
+    /// primary key. A source without them has none.
+    async fn read_s3(&self) -> Result<S3Rows, SourceError> {
+        Ok(S3Rows::default())
+    }
+
+    /// Whether `images` has posts and `s3_sync_queue` exists. A source without posts
+    /// (static) has none: the reconcile never purges from it.
+    async fn posts_probe(&self) -> Result<PostsProbe, SourceError> {
+        Ok(PostsProbe::default())
+    }
+
+    /// Of `hashes`, the ones that are live posts: with a row in `images` and, when
+    /// `delete_queue`, no action 'D' row in `s3_sync_queue`. One query with one
+    /// placeholder a hash, each an index lookup on `images.hash` (UNIQUE). A source
+    /// without posts calls every hash live.
+    async fn live_hashes(
+        &self,
+        hashes: &[Md5],
+        delete_queue: bool,
+    ) -> Result<HashSet<Md5>, SourceError> {
+        let _ = delete_queue;
+        Ok(hashes.iter().copied().collect())
     }
 
     /// Waits up to `max_wait` for something to change. Engines without notifications

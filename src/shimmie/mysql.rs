@@ -26,6 +26,13 @@ impl Engine for MySql {
                 .and_then(|id| i64::try_from(id).ok())
         })
     }
+
+    const QUEUE_TABLE_SQL: &'static str = "SELECT 1 FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name = 's3_sync_queue'";
+
+    fn hash_placeholder(_n: usize) -> String {
+        "?".into()
+    }
 }
 
 pub type MySqlSource = SqlSource<MySql>;

@@ -13,7 +13,10 @@ use sqlx::Row;
 use tokio::time::{timeout_at, Instant};
 
 use super::sql::{Engine, SqlSource};
-use super::{dsn_error, BanBatch, Change, ShimmieSettings, Source, SourceError};
+use super::{
+    dsn_error, BanBatch, Change, PostsProbe, S3Rows, ShimmieSettings, Source, SourceError,
+};
+use crate::object::Md5;
 
 pub use super::sql::SETTINGS_SQL;
 
@@ -23,6 +26,17 @@ const ENGINE: &str = "postgres";
 /// after the last id seen, so a poll with no new bans reads no rows at all.
 pub const BANS_AFTER_SQL: &str =
     "SELECT id, hash FROM image_bans WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// The live-posts query: one array parameter whatever the batch size, so it is
+/// parsed and planned once per connection (a list of 1,000 placeholders costs ~20 ms
+/// a query to plan). The cast keeps `bpchar = bpchar`, which can use the index on
+/// `images.hash` (sqlx sends `text[]`; `char(32) = text` compares as text, which
+/// cannot).
+pub const LIVE_SQL: &str = "SELECT hash FROM images WHERE hash = ANY($1::bpchar[])";
+
+/// [`LIVE_SQL`] with ext/s3's queued deletions counted as deleted.
+pub const LIVE_WITH_QUEUE_SQL: &str = "SELECT hash FROM images WHERE hash = ANY($1::bpchar[]) \
+     AND NOT EXISTS (SELECT 1 FROM s3_sync_queue q WHERE q.hash = images.hash AND q.action = 'D')";
 
 /// The channels listened to: Shimmie's own and the older paheal one.
 pub const CHANNELS: [&str; 2] = ["config", "shm_image_bans"];
@@ -44,6 +58,16 @@ impl Engine for Postgres {
             .map(i64::from)
             .or_else(|_| row.try_get::<i64, _>(0))
             .ok()
+    }
+
+    /// Found on the search path, as Shimmie's own queries find it.
+    const QUEUE_TABLE_SQL: &'static str = "SELECT 1 WHERE to_regclass('s3_sync_queue') IS NOT NULL";
+
+    /// For the generic list query (PgSource sends [`LIVE_SQL`] instead): sqlx sends a
+    /// `String` as `text`, and `char(32) = text` compares as text, which cannot use
+    /// the index on `images.hash`; the cast makes it `bpchar = bpchar`.
+    fn hash_placeholder(n: usize) -> String {
+        format!("${n}::bpchar")
     }
 }
 
@@ -92,6 +116,39 @@ impl Source for PgSource {
 
     async fn bans_after(&self, after_id: i64, limit: usize) -> Result<BanBatch, SourceError> {
         self.sql.bans_after(after_id, limit).await
+    }
+
+    async fn read_s3(&self) -> Result<S3Rows, SourceError> {
+        self.sql.read_s3().await
+    }
+
+    async fn posts_probe(&self) -> Result<PostsProbe, SourceError> {
+        self.sql.posts_probe().await
+    }
+
+    async fn live_hashes(
+        &self,
+        hashes: &[Md5],
+        delete_queue: bool,
+    ) -> Result<std::collections::HashSet<Md5>, SourceError> {
+        let sql = if delete_queue {
+            LIVE_WITH_QUEUE_SQL
+        } else {
+            LIVE_SQL
+        };
+        let list: Vec<String> = hashes.iter().map(|h| h.hex().to_string()).collect();
+        let rows = sqlx::query(sql).bind(list).fetch_all(self.sql.pool()).await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.sql.fail("reading images", e).await),
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let bytes = super::raw_bytes(r, 0).ok().flatten()?;
+                Md5::parse_any_case(std::str::from_utf8(bytes).ok()?)
+            })
+            .collect())
     }
 
     async fn wait_for_change(&self, max_wait: Duration) -> Result<Change, SourceError> {

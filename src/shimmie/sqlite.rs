@@ -29,6 +29,13 @@ impl Engine for Sqlite {
     fn ban_id(row: &SqliteRow) -> Option<i64> {
         row.try_get::<i64, _>(0).ok()
     }
+
+    const QUEUE_TABLE_SQL: &'static str =
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 's3_sync_queue'";
+
+    fn hash_placeholder(n: usize) -> String {
+        format!("?{n}")
+    }
 }
 
 pub type SqliteSource = SqlSource<Sqlite>;

@@ -571,6 +571,113 @@ impl Shimmie {
     }
 }
 
+/// Shimmie's `images` (core columns) and ext/s3's `s3_sync_queue`, as SHIMMIE.md gives
+/// them; `{ID}` and `{IP}` differ by engine.
+const IMAGES_TABLE: &str = "CREATE TABLE images(id {ID}, owner_id INTEGER NOT NULL, \
+     owner_ip {IP} NOT NULL, filename VARCHAR(64) NOT NULL, filesize INTEGER NOT NULL, \
+     hash CHAR(32) UNIQUE NOT NULL, ext CHAR(4) NOT NULL, source VARCHAR(255), \
+     width INTEGER NOT NULL, height INTEGER NOT NULL, \
+     posted TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)";
+const S3_QUEUE_TABLE: &str = "CREATE TABLE s3_sync_queue(hash CHAR(32) NOT NULL PRIMARY KEY, \
+     time TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, action CHAR(1) NOT NULL DEFAULT 'S')";
+
+impl Shimmie {
+    /// Creates `images` (every Shimmie has it) and, with `s3_queue`, ext/s3's
+    /// `s3_sync_queue`.
+    pub async fn create_posts_tables(&self, s3_queue: bool) {
+        let (id, ip) = match self {
+            Shimmie::Pg(_) => (
+                "INTEGER NOT NULL PRIMARY KEY GENERATED ALWAYS AS IDENTITY",
+                "INET",
+            ),
+            Shimmie::My(_) => ("INTEGER PRIMARY KEY auto_increment", "CHAR(15)"),
+            Shimmie::Lite(_) => ("INTEGER PRIMARY KEY AUTOINCREMENT", "CHAR(15)"),
+        };
+        self.exec(&IMAGES_TABLE.replace("{ID}", id).replace("{IP}", ip))
+            .await;
+        if s3_queue {
+            self.exec(S3_QUEUE_TABLE).await;
+        }
+    }
+
+    /// Adds a post for each hash, 1,000 rows a statement, as Shimmie's upload would
+    /// (hashes are test-made hex, so inlining them is safe).
+    pub async fn add_posts(&self, hashes: &[String]) {
+        for chunk in hashes.chunks(1000) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|h| format!("(1, '127.0.0.1', 'x.jpg', 1000, '{h}', 'jpg', 10, 10)"))
+                .collect();
+            self.exec(&format!(
+                "INSERT INTO images (owner_id, owner_ip, filename, filesize, hash, ext, width, height) VALUES {}",
+                values.join(",")
+            ))
+            .await;
+        }
+    }
+
+    /// Deletes a post as Shimmie does (its row goes; nothing else records it).
+    pub async fn delete_post(&self, hash: &str) {
+        let delete = self.sql("DELETE FROM images WHERE hash = ?");
+        with_pool!(self, p => sqlx::query(delete).bind(hash).execute(p).await.map(|_| ()))
+            .expect("delete post");
+    }
+
+    /// Queues the deletion of a post's file from the bucket, as ext/s3 does when busy.
+    pub async fn queue_s3_delete(&self, hash: &str) {
+        let delete = self.sql("DELETE FROM s3_sync_queue WHERE hash = ?");
+        let insert = self.sql("INSERT INTO s3_sync_queue (hash, action) VALUES (?, 'D')");
+        with_pool!(self, p => {
+            sqlx::query(delete).bind(hash).execute(p).await.expect("dequeue");
+            sqlx::query(insert).bind(hash).execute(p).await.map(|_| ())
+        })
+        .expect("enqueue");
+    }
+
+    /// Refreshes the planner's statistics for one table (after a bulk insert).
+    pub async fn analyze_table(&self, table: &str) {
+        match self {
+            Shimmie::Pg(_) => self.exec(&format!("VACUUM ANALYZE {table}")).await,
+            Shimmie::My(_) => self.exec(&format!("ANALYZE TABLE {table}")).await,
+            Shimmie::Lite(_) => self.exec(&format!("ANALYZE {table}")).await,
+        }
+    }
+
+    /// PostgreSQL: the plan of `sql` with `$1` bound to the hashes as one array.
+    pub async fn explain_array(&self, sql: &str, hashes: &[String]) -> String {
+        let Shimmie::Pg(p) = self else {
+            panic!("array parameters are PostgreSQL's");
+        };
+        let query = AssertSqlSafe(format!("EXPLAIN (COSTS OFF) {sql}"));
+        let rows = sqlx::query(query)
+            .bind(hashes.to_vec())
+            .fetch_all(p)
+            .await
+            .expect("explain");
+        let lines: Vec<String> = rows.iter().map(|r| plan_line(self, r)).collect();
+        lines.join("\n")
+    }
+
+    /// The plan of `sql` with each `?` bound to a hash (PostgreSQL's `$n` as written).
+    pub async fn explain_hashes(&self, sql: &str, hashes: &[String]) -> String {
+        let explain = match self {
+            Shimmie::Pg(_) => "EXPLAIN (COSTS OFF)",
+            Shimmie::My(_) => "EXPLAIN",
+            Shimmie::Lite(_) => "EXPLAIN QUERY PLAN",
+        };
+        let query = AssertSqlSafe(format!("{explain} {sql}"));
+        let lines: Vec<String> = with_pool!(self, p => {
+            let mut q = sqlx::query(query);
+            for h in hashes {
+                q = q.bind(h.clone());
+            }
+            let rows = q.fetch_all(p).await.expect("explain");
+            rows.iter().map(|r| plan_line(self, r)).collect()
+        });
+        lines.join("\n")
+    }
+}
+
 /// One EXPLAIN row as text: PostgreSQL's line, MySQL's `type` and `key`, SQLite's detail.
 fn plan_line<R: Row>(db: &Shimmie, row: &R) -> String
 where

@@ -8,9 +8,10 @@
 //! - [`http`]: the raw HTTP/1.1 and TLS client, certificates, [`client`];
 //! - [`wait`]: polling to a deadline instead of sleeping;
 //! - [`fleet`]: several mirrors of one fleet, by port;
-//! - [`db`]: private PostgreSQL/MariaDB servers and SQLite files (the sync tests).
+//! - [`db`]: private PostgreSQL/MariaDB servers and SQLite files (the sync tests);
+//! - [`s3`]: moto's S3 server and buckets filled as Shimmie's ext/s3 fills them.
 //!
-//! Everything but `db` is re-exported here, so tests `use common::*;`.
+//! Everything but `db` and `s3` is re-exported here, so tests `use common::*;`.
 #![allow(dead_code)]
 
 pub mod db;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod mirror;
 pub mod origin;
 pub mod proc;
+pub mod s3;
 pub mod script;
 pub mod wait;
 

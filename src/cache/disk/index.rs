@@ -226,6 +226,29 @@ impl Index {
         self.remove(&key).map(|r| (key, r))
     }
 
+    /// Up to `limit` indexed objects from slab slot `from` on, and the slot to go on
+    /// from (`None`: the end). Slots are stable while an object stays indexed, so
+    /// paging while objects come and go sees every object indexed throughout, once
+    /// (one that moves may be seen twice or not at all; the next pass sees it).
+    pub fn page(&self, from: usize, limit: usize) -> (Vec<ObjectRef>, Option<usize>) {
+        let mut out = Vec::with_capacity(limit.min(self.map.len()));
+        let mut at = from;
+        while out.len() < limit {
+            let Some(node) = self.nodes.get(at) else {
+                return (out, None);
+            };
+            let obj = ObjectRef::new(node.silo, node.md5);
+            // A freed slot keeps its old node: live only if the map points here.
+            let slot = u32::try_from(at).ok();
+            if slot.is_some() && self.map.get(&obj.key_hash()).copied() == slot {
+                out.push(obj);
+            }
+            at += 1;
+        }
+        let more = at < self.nodes.len();
+        (out, more.then_some(at))
+    }
+
     /// Objects from most to least recently used.
     #[cfg(test)]
     pub fn iter_mru(&self) -> impl Iterator<Item = Rec> + '_ {
@@ -287,6 +310,31 @@ mod tests {
         // Slots are reused.
         ix.insert_hot(k, r);
         assert_eq!(ix.nodes.len(), 1);
+    }
+
+    #[test]
+    fn pages_cover_every_indexed_object_once() {
+        let mut ix = Index::default();
+        for n in 1..=10 {
+            let (k, r) = rec(n, 1);
+            ix.insert_hot(k, r);
+        }
+        // Freed slots are skipped, and reused ones show their new object.
+        ix.remove(&rec(3, 1).0);
+        ix.remove(&rec(7, 1).0);
+        let (k, r) = rec(11, 1);
+        ix.insert_hot(k, r);
+        let mut seen = Vec::new();
+        let mut from = Some(0);
+        while let Some(f) = from {
+            let (page, next) = ix.page(f, 4);
+            assert!(page.len() <= 4);
+            seen.extend(page.iter().map(|o| o.md5.0[0]));
+            from = next;
+        }
+        seen.sort();
+        assert_eq!(seen, [1, 2, 4, 5, 6, 8, 9, 10, 11]);
+        assert_eq!(ix.page(100, 4), (Vec::new(), None));
     }
 
     #[test]

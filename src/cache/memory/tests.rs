@@ -567,3 +567,18 @@ async fn purge_then_refill_of_a_hot_key_under_pressure_stays_consistent() {
         "the memory tier flushed itself: {stats:?}"
     );
 }
+
+#[tokio::test]
+async fn resident_keys_lists_live_objects_only() {
+    use pingora_cache::key::CacheHashKey;
+    let s = leak(MemoryStorage::new(1 << 20));
+    for n in 1..=3 {
+        put(s, &key(n), b"body").await;
+    }
+    assert!(s.remove(&key(2)));
+    let mut keys = s.resident_keys();
+    keys.sort();
+    let mut want = vec![key(1).combined_bin(), key(3).combined_bin()];
+    want.sort();
+    assert_eq!(keys, want);
+}
