@@ -129,7 +129,7 @@ metric!(WARM_BYTES: IntCounter = register_int_counter!(
 
 metric!(WARM_DROPS: IntCounterVec = register_int_counter_vec!(
     "shimmer_warm_dropped_total",
-    "Warm notices dropped without harm, by reason (queue_full, peer_down, send_failed, banned).",
+    "Warm notices dropped without harm, by reason (queue_full, peer_down, send_failed, banned, disabled).",
     &["reason"]
 ));
 
@@ -321,7 +321,13 @@ pub fn init() {
         WARM_COPIES.with_label_values(&[result]);
     }
     Lazy::force(&WARM_BYTES);
-    for reason in ["queue_full", "peer_down", "send_failed", "banned"] {
+    for reason in [
+        "queue_full",
+        "peer_down",
+        "send_failed",
+        "banned",
+        "disabled",
+    ] {
         WARM_DROPS.with_label_values(&[reason]);
     }
     for to in ["secondary", "local"] {

@@ -168,7 +168,7 @@ impl ProxyHttp for Mirror {
         }
         if session.req_header().uri.path() == WARM_PATH {
             ctx.outcome = Outcome::Rejected;
-            let answer = warm_notice::receive(session, &self.shared, &ctx.settings).await;
+            let answer = warm_notice::receive(session, &self.shared).await;
             respond_text(session, &ctx.settings, answer).await?;
             return Ok(true);
         }

@@ -80,15 +80,8 @@ fn check(work: &Path, path_line: &str) -> (bool, String) {
         extra_cache: "",
         extra_origin: path_line,
     };
-    let conf = work.join(format!("check-{}.yaml", spec.port));
-    std::fs::write(&conf, mirror_yaml(work, &spec)).expect("write config");
-    let out = Command::new(BIN)
-        .args(["-t", "-c", path_str(&conf)])
-        .output()
-        .expect("run shimmer -t");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success(), format!("{stdout}{stderr}"))
+    let name = format!("check-{}.yaml", spec.port);
+    config_check(work, &name, &mirror_yaml(work, &spec))
 }
 
 #[test]

@@ -10,7 +10,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
 use common::s3::{fill, moto, post, Post};
 use common::*;
@@ -221,20 +220,7 @@ async fn private_bucket_needs_the_right_credentials_and_follows_sighup() {
 fn t_checks_the_s3_section() {
     let work = tempfile::tempdir().expect("tempdir");
     let moto: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-    let check = |yaml: String| {
-        let conf = work.path().join("check.yaml");
-        std::fs::write(&conf, yaml).expect("write");
-        let out = Command::new(BIN)
-            .args(["-t", "-c", path_str(&conf)])
-            .output()
-            .expect("shimmer -t");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let check = |yaml: String| config_check(work.path(), "check.yaml", &yaml);
     let good = s3_yaml(work.path(), 1, 2, moto, "shimmie", None);
     let (ok, out) = check(good.clone());
     assert!(ok, "{out}");

@@ -7,8 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::db::{DbServer, Shimmie};
@@ -357,18 +356,7 @@ async fn mariadb_bucket_follows_shimmies_config() {
 
 /// `shimmer -t` on `text`: (ok, output).
 fn check(work: &Path, text: &str) -> (bool, String) {
-    let conf: PathBuf = work.join("check.yaml");
-    std::fs::write(&conf, text).expect("write");
-    let out = Command::new(BIN)
-        .args(["-t", "-c", path_str(&conf)])
-        .output()
-        .expect("shimmer -t");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    config_check(work, "check.yaml", text)
 }
 
 #[test]

@@ -4,7 +4,6 @@
 
 use pingora::prelude::*;
 
-use crate::config::Settings;
 use crate::metrics;
 use crate::object::ObjectRef;
 use crate::peers::warm::{parse_notice, MAX_NOTICE_BYTES};
@@ -36,7 +35,7 @@ pub(super) fn filled_from_origin(shared: &Shared, media: &MediaRequest) {
 /// A POST of a notice: every line must carry a marker trusted for its object, all from
 /// the same peer. Answers 202 when the notice was taken (its objects queued as far as
 /// the queue has room; the rest are dropped and counted).
-pub(super) async fn receive(session: &mut Session, shared: &Shared, s: &Settings) -> Reject {
+pub(super) async fn receive(session: &mut Session, shared: &Shared) -> Reject {
     let refuse = |status, reason| Reject { status, reason };
     if session.req_header().method != http::Method::POST {
         return refuse(405, "POST a notice");
@@ -82,7 +81,6 @@ pub(super) async fn receive(session: &mut Session, shared: &Shared, s: &Settings
     }
     let warm = peers.settings().fleet.warm;
     if let (Some(from), true) = (from, warm.enabled) {
-        let _ = s;
         shared.warm.noticed(&from, &objs, warm.queue);
     } else if !objs.is_empty() {
         metrics::WARM_DROPS

@@ -24,6 +24,22 @@ pub struct MirrorSpec<'a> {
     pub extra_origin: &'a str,
 }
 
+/// `shimmer -t` on a config text written to `work/<name>`: (exit 0, stdout + stderr).
+pub fn config_check(work: &Path, name: &str, yaml: &str) -> (bool, String) {
+    let conf = work.join(name);
+    std::fs::write(&conf, yaml).expect("write config");
+    let out = std::process::Command::new(BIN)
+        .args(["-t", "-c", path_str(&conf)])
+        .output()
+        .expect("run shimmer -t");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn mirror_yaml(work: &Path, s: &MirrorSpec) -> String {
     let origins = s
         .origins
