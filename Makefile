@@ -14,9 +14,10 @@ RUN_DEPS := sqlite3:sqlite3 python3:python3
 TEST_DEPS := $(RUN_DEPS) promtool:prometheus openssl:openssl \
   /usr/lib/postgresql/*/bin/postgres:postgresql /usr/sbin/mariadbd:mariadb-server \
   /usr/bin/chromium:chromium
-# `make bench` runs shimmer beside nginx and Varnish; wrk drives them, taskset pins them.
-BENCH_DEPS := /usr/sbin/nginx:nginx /usr/sbin/varnishd:varnish wrk:wrk taskset:util-linux \
-  python3:python3
+# `make bench` runs shimmer beside nginx, Varnish (hitch in front for TLS) and the Pingora
+# floor; wrk and h2load drive them, taskset pins them, openssl makes their certificate.
+BENCH_DEPS := /usr/sbin/nginx:nginx /usr/sbin/varnishd:varnish /usr/sbin/hitch:hitch \
+  wrk:wrk h2load:nghttp2-client taskset:util-linux openssl:openssl python3:python3
 .PHONY: all deps run-deps test-deps moto bench-deps install-missing build run demo test lint bench clean
 
 all: build
@@ -74,14 +75,19 @@ test: test-deps
 bench-deps: deps
 	@$(MAKE) --no-print-directory install-missing PAIRS="$(BENCH_DEPS)"
 
-# Benchmarks report, they never fail on a number. The fleet simulation (no network),
-# then shimmer, nginx and Varnish in turn in front of one origin: tables on stdout,
-# JSON in target/bench/. See README.md, Performance.
-# The fleet simulation runs under `cargo test --release` rather than `cargo bench`: the
-# bench profile would compile every dependency a second time (~10 min on 2 cores).
-bench: bench-deps build
-	$(CARGO) test --release --locked --bench fleet_sim
-	python3 benches/http/bench.py
+# Benchmarks report, they never fail on a number (they do on a wrong answer). The fleet
+# simulation (no network), then shimmer, nginx, Varnish and the Pingora floor in turn in
+# front of one origin: tables on stdout, JSON in target/bench/. See README.md, Performance.
+# One cargo invocation, one profile builds the binary, the floor and the simulation:
+# examples need no test harness, and building them with the binary resolves features
+# once (the dev-dependencies change serde's and others', so a separate `cargo build`
+# and an example build would each compile everything). BENCH_ARGS go to bench.py, e.g.
+# `make bench BENCH_ARGS="--scenarios disk"`; `bench.py --help` lists them.
+BENCH_ARGS ?=
+bench: bench-deps
+	$(CARGO) build --release --locked --bin shimmer --example floor --example fleet_sim
+	target/release/examples/fleet_sim
+	python3 benches/http/bench.py $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,73 +1,58 @@
 #!/usr/bin/env python3
 """`make bench`: shimmer, nginx and Varnish as one image mirror, on the same work, in
-one run, on one machine.
+one run, on one machine, beside the Pingora floor.
 
 One origin (`shimmer origin` over a generated Shimmie data directory) feeds each
 server in turn. Each is a single mirror owning everything, with the same cache budget
-(25% of the image corpus), started fresh (empty cache) and pinned to core 0; the load
-generator and the origin share the other cores. Scenarios, per server:
+(25% of the image corpus in memory; the disk scenario adds a disk budget of 1.5x the
+corpus on a real directory), started fresh (empty cache) for each group of scenarios
+and pinned to core 0; the load generator and the origin share the other cores. Every
+server has a plain and a TLS 1.3 listener on one self-signed ECDSA certificate
+(Varnish through hitch, pinned with it, its CPU counted with Varnish's). The floor
+(benches/http/floor.rs) is Pingora answering a fixed body: shimmer's hot 20 KB over
+the floor's is how close its hit path comes to Pingora's own limit. Scenarios:
 
-  cold    1,000 concurrent requests for one uncached object (origin requests counted)
-  hot20k  one 20 KB image from memory, wrk at 64 connections
-  hot5m   one 5 MB file from memory, wrk at 16 connections
-  zipf    Zipf(0.9) over the 10,000 images, wrk at 64 connections, after a warm-up
+  cold             1,000 concurrent requests for one uncached object
+  hot20k           one 20 KB image from memory, wrk at 64 connections
+  hot5m            one 5 MB file from memory, wrk at 16 connections
+  zipf             Zipf(0.9) over the 10,000 images, wrk at 64 connections, after a warm-up
+  https-cold       cold, over TLS (every connection's handshake done before the requests)
+  https-hot20k     hot20k over TLS, keep-alive
+  https-handshake  hot20k over TLS, a new connection per request (wrk + Connection: close)
+  h2               hot20k over HTTP/2 (ALPN), h2load 16 connections x 4 streams
+  disk             uniform over the 10,000 images (4x the memory budget) after filling
+                   them all: hits from the disk tier
 
 Reported: requests/s, p50/p99/p99.9 latency, CPU seconds of the server per 100k
-requests, origin requests (hit ratio for zipf), and shimmer's ratio to the best peer.
-The table goes to stdout, everything to target/bench/http.json. Benchmarks report;
-they never fail on a number. They do fail if a server cannot start or answers wrong.
+requests, origin requests (hit ratio), peak memory, errors, steal, and shimmer's ratio
+to the best peer (and to the floor). The tables go to stdout, everything to
+target/bench/http.json. Benchmarks report; they never fail on a number. They do fail
+if a server cannot start or answers wrong (errors > 0, or wrong bytes).
 """
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
 import platform
-import pwd
-import re
+import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
+import types
 
 import corpus
+import measure
+import report
+import servers
+from measure import log
+from servers import BenchError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVERS = ("shimmer", "nginx", "varnish")
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited with status {proc.returncode} at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
+HOT = {"hot20k": ("hot_image", 64), "hot5m": ("hot_large", 16)}
+H2_CLIENTS, H2_STREAMS = 16, 4
 
 
 def cpu_sets():
@@ -78,396 +63,103 @@ def cpu_sets():
     return str(cpus[0]), ",".join(str(c) for c in cpus[1:])
 
 
-def pinned(cmd, cpus):
-    return (["taskset", "-c", cpus] + cmd) if cpus else cmd
+def wrk_run(args, ctx, url, conns, seconds, **script):
+    return lambda: measure.run_wrk(args, url, conns, seconds, ctx.load_cpus, **script)
 
 
-def session_processes(sid):
-    """(pid, /proc stat fields after the command) of every live process in session `sid`.
-    Fields: state(0) ppid(1) pgrp(2) session(3) ... utime(11) stime(12)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[3]) == sid:
-            yield pid, fields
-
-
-def session_cpu_seconds(sid):
-    """user+system CPU seconds of every live process in session `sid`."""
-    ticks = sum(int(f[11]) + int(f[12]) for _, f in session_processes(sid))
-    return ticks / CLK_TCK
-
-
-def session_rss_bytes(sid):
-    """Resident memory of every live process in session `sid`."""
-    total = 0
-    for pid, _ in session_processes(sid):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
-def tree_bytes(root):
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(folder, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-class MemorySampler(threading.Thread):
-    """Peak memory of a server while a run goes on: its processes' RSS plus, for nginx,
-    the tmpfs cache directory (which is memory too, but no process's RSS)."""
-
-    def __init__(self, server):
-        super().__init__(daemon=True)
-        self.server, self.peak, self.stopped = server, 0, threading.Event()
-
-    def sample(self):
-        used = session_rss_bytes(self.server.proc.pid)
-        if self.server.cache_dir:
-            used += tree_bytes(self.server.cache_dir)
-        self.peak = max(self.peak, used)
-
-    def run(self):
-        while not self.stopped.wait(1.0):
-            self.sample()
-
-    def finish(self):
-        self.stopped.set()
-        self.join()
-        self.sample()
-        return self.peak
-
-
-def render(template, values):
-    """A config file from benches/http with its @NAME@ placeholders filled in."""
-    with open(os.path.join(HERE, template)) as f:
-        text = f.read()
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", str(value))
-    code = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
-    leftover = sorted(set(re.findall(r"@[A-Z_]+@", code)))
-    if leftover:
-        raise BenchError(f"{template}: placeholders left unfilled: {leftover}")
-    return text
-
-
-class Server:
-    """One process tree under test, started in its own session so its CPU can be summed."""
-
-    def __init__(self, name, cmd, port, work, cpus):
-        self.name, self.port, self.work = name, port, work
-        self.cache_dir = None
-        self.cpus = cpus
-        self.stderr = open(os.path.join(work, "stderr.log"), "wb")
-        self.proc = subprocess.Popen(
-            pinned(cmd, cpus),
-            stdout=self.stderr,
-            stderr=self.stderr,
-            start_new_session=True,
-        )
-        try:
-            wait_port(port, self.proc, name)
-        except BenchError:
-            self.stop()
-            raise BenchError(f"{name} failed to start; see {self.stderr.name}")
-
-    def cpu_seconds(self):
-        return session_cpu_seconds(self.proc.pid)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        self.stderr.close()
-
-
-def start_server(name, args, work, origin_port, cache_bytes, cpus):
-    port = free_port()
-    values = {
-        "WORK": work,
-        "PORT": port,
-        "ORIGIN_PORT": origin_port,
-        "CACHE_BYTES": f"{cache_bytes // corpus.MIB}M",
-        "USER": pwd.getpwuid(os.getuid()).pw_name,
-    }
-    if name == "shimmer":
-        conf = os.path.join(work, "shimmer.yaml")
-        with open(conf, "w") as f:
-            f.write(render("shimmer.yaml", values))
-        cmd = [args.shimmer, "-c", conf]
-    elif name == "nginx":
-        # tmpfs, so nginx's cache is memory like the others' (the page cache would be too,
-        # but a disk-backed directory also writes every fill back to the disk).
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else work
-        values["CACHE_DIR"] = os.path.join(shm, f"shimmer-bench-nginx-{os.getpid()}")
-        shutil.rmtree(values["CACHE_DIR"], ignore_errors=True)
-        conf = os.path.join(work, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(render("nginx.conf", values))
-        cmd = [args.nginx, "-p", work, "-e", os.path.join(work, "error.log"), "-c", conf,
-               "-g", "daemon off;"]
-    elif name == "varnish":
-        vcl = os.path.join(work, "varnish.vcl")
-        with open(vcl, "w") as f:
-            f.write(render("varnish.vcl", values))
-        cmd = [args.varnishd, "-F", "-j", "none", "-n", os.path.join(work, "varnish"),
-               "-a", f"127.0.0.1:{port}", "-f", vcl, "-T", "none",
-               "-s", f"malloc,{cache_bytes // corpus.MIB}M"]
+def hot(args, ctx, server, scenario):
+    """A hot 20 KB (or 5 MB) object, over plain HTTP/1.1, TLS, TLS with a handshake
+    per request, or h2: filled and checked first, then warmed up, then measured."""
+    key, conns = HOT["hot5m" if scenario == "hot5m" else "hot20k"]
+    entry = ctx.manifest[key]
+    path = corpus.url_path(entry)
+    tls = scenario != "hot20k" and scenario != "hot5m"
+    url = server.url(path, tls=tls)
+    for _ in range(2):  # the miss that fills the cache, then a hit
+        measure.check_fetch(url, entry, ctx.tls_client if tls else None)
+    log(f"  {scenario}: warm-up {args.warmup} s, then {args.repeat} x {args.seconds} s")
+    if scenario == "h2":
+        h2log = os.path.join(server.work, "h2load.log")
+        run = lambda seconds: lambda: measure.run_h2load(
+            args, url, H2_CLIENTS, H2_STREAMS, seconds, ctx.load_cpus, h2log)
+        conns = H2_CLIENTS
     else:
-        raise BenchError(f"unknown server {name}")
-    server = Server(name, cmd, port, work, cpus)
-    server.cache_dir = values.get("CACHE_DIR")
-    return server
+        script = {"script": "close.lua"} if scenario == "https-handshake" else {}
+        run = lambda seconds: wrk_run(args, ctx, url, conns, seconds, **script)
+    run(args.warmup)()
+    return measure.measure_repeat(args, server, ctx.origin_port, run(args.seconds), conns,
+                                  size=entry["size"])
 
 
-def origin_requests(origin_port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{origin_port}/_origin/stats", timeout=5) as r:
-        return json.load(r)["requests"]
-
-
-def fetch(port, path):
-    """GET a path through the mirror; returns (status, body length)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-        return r.status, len(r.read())
-
-
-def run_wrk(args, port, path, conns, seconds, cpus, script="report.lua", script_args=()):
-    """wrk against http://127.0.0.1:port/path; returns report.lua's summary."""
-    threads = len(cpus.split(",")) if cpus else 1
-    cmd = [args.wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s",
-           "-s", os.path.join(HERE, script), f"http://127.0.0.1:{port}{path}"]
-    if script_args:
-        cmd += ["--"] + [str(a) for a in script_args]
-    env = dict(os.environ, BENCH_LUA_DIR=HERE)
-    out = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, env=env,
-                         timeout=seconds + 60)
-    for line in out.stdout.splitlines():
-        if line.startswith("BENCH_JSON "):
-            return json.loads(line[len("BENCH_JSON "):])
-    raise BenchError(f"wrk printed no summary (status {out.returncode}): {out.stderr.strip()}")
-
-
-def steal_ticks(cpus):
-    """Ticks the hypervisor took from the server's cores (/proc/stat "steal")."""
-    wanted = {f"cpu{c}" for c in cpus.split(",")} if cpus else {"cpu"}
-    total = 0
-    with open("/proc/stat") as f:
-        for line in f:
-            fields = line.split()
-            if fields and fields[0] in wanted:
-                total += int(fields[8])
-    return total
-
-
-def measure_once(args, server, origin_port, cpus, path, conns, **script):
-    """One measured wrk run: throughput, latency, the server's CPU, origin traffic."""
-    origin_before = origin_requests(origin_port)
-    cpu_before = server.cpu_seconds()
-    steal_before = steal_ticks(server.cpus)
-    memory = MemorySampler(server)
-    memory.start()
-    result = run_wrk(args, server.port, path, conns, args.seconds, cpus, **script)
-    cpu = server.cpu_seconds() - cpu_before
-    steal = steal_ticks(server.cpus) - steal_before
-    peak_memory = memory.finish()
-    origin = origin_requests(origin_port) - origin_before
-    requests = result["requests"]
-    seconds = result["duration_us"] / 1e6
-    return {
-        "connections": conns,
-        "requests": requests,
-        "rps": requests / seconds,
-        "mbytes_per_s": result["bytes"] / seconds / 1e6,
-        "p50_ms": result["p50_us"] / 1000,
-        "p99_ms": result["p99_us"] / 1000,
-        "p999_ms": result["p999_us"] / 1000,
-        "cpu_s_per_100k": cpu / requests * 100_000 if requests else None,
-        "errors": sum(result["errors"].values()),
-        "origin_requests": origin,
-        "hit_ratio": 1 - origin / requests if requests else None,
-        "peak_memory_mib": peak_memory / corpus.MIB,
-        "steal_pct": 100 * steal / CLK_TCK / seconds,
-    }
-
-
-def measure_wrk(args, server, origin_port, cpus, path, conns, **script):
-    """`args.repeat` runs back to back; the one with the median requests/s is reported
-    (all are kept in the JSON). On a shared VM one run can lose a second to the
-    hypervisor (see steal_pct); the median is what the server does, not what the host did."""
-    runs = [measure_once(args, server, origin_port, cpus, path, conns, **script)
-            for _ in range(args.repeat)]
-    median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-    return dict(median, runs=runs)
-
-
-async def _connect(port):
-    return await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-
-
-async def _cold_exchange(reader, writer, request, size):
-    start = time.monotonic()
-    writer.write(request)
-    await writer.drain()
-    data = await reader.read()  # Connection: close, so the body ends at EOF
-    elapsed = time.monotonic() - start
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/1.1 ") else "?"
-    ok = status == "200" and len(body) == size
-    return ok, status, elapsed
-
-
-async def _cold(port, path, size, clients):
-    # Connect everyone first, so the requests arrive together rather than as fast as
-    # connections can be accepted.
-    conns = await asyncio.gather(*(_connect(port) for _ in range(clients)))
-    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").encode()
-    start = time.monotonic()
-    results = await asyncio.gather(*(_cold_exchange(r, w, request, size) for r, w in conns))
-    return results, time.monotonic() - start
-
-
-def measure_cold(args, server, origin_port, entry):
-    """`args.cold` concurrent requests for one uncached object: how many reach the origin."""
-    origin_before = origin_requests(origin_port)
-    cpu_before = server.cpu_seconds()
-    results, wall = asyncio.run(_cold(server.port, corpus.url_path(entry, "cold"),
-                                      entry["size"], args.cold))
-    cpu = server.cpu_seconds() - cpu_before
-    latencies = sorted(r[2] for r in results)
-    bad = [r[1] for r in results if not r[0]]
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-    return {
-        "connections": args.cold,
-        "requests": len(results),
-        "rps": len(results) / wall,
-        "wall_s": wall,
-        "p50_ms": pick(0.50),
-        "p99_ms": pick(0.99),
-        "p999_ms": pick(0.999),
-        "cpu_s_per_100k": cpu / len(results) * 100_000,
-        "errors": len(bad),
-        "error_statuses": sorted(set(bad)),
-        "origin_requests": origin_requests(origin_port) - origin_before,
-        "hit_ratio": None,
-        "peak_memory_mib": None,
-        "steal_pct": None,
-    }
-
-
-def check_fetch(port, entry, path):
-    status, length = fetch(port, path)
-    if status != 200 or length != entry["size"]:
-        raise BenchError(f"GET {path}: status {status}, {length} bytes, "
-                         f"expected 200 and {entry['size']}")
-
-
-def bench_server(args, server, origin_port, manifest, zipf_paths, cpus):
-    results = {}
-    if "cold" in args.scenarios:
-        log(f"  cold: {args.cold} concurrent requests for one 1 MiB object")
-        results["cold"] = measure_cold(args, server, origin_port, manifest["cold"])
-    for name, key, conns in (("hot20k", "hot_image", 64), ("hot5m", "hot_large", 16)):
-        if name not in args.scenarios:
-            continue
-        entry = manifest[key]
-        path = corpus.url_path(entry)
-        check_fetch(server.port, entry, path)  # the miss that fills the cache
-        check_fetch(server.port, entry, path)
-        log(f"  {name}: warm-up {args.warmup} s, then {args.seconds} s at {conns} connections")
-        run_wrk(args, server.port, path, conns, args.warmup, cpus)
-        results[name] = measure_wrk(args, server, origin_port, cpus, path, conns)
-    if "zipf" not in args.scenarios:
-        return results
+def zipf(args, ctx, server):
     conns = 64
-    log(f"  zipf: warm-up {args.zipf_warmup} s, then {args.seconds} s at {conns} connections")
-    zipf = {"script": "zipf.lua", "script_args": (zipf_paths, args.zipf_s, 1)}
-    run_wrk(args, server.port, "/", conns, args.zipf_warmup, cpus, **zipf)
-    zipf["script_args"] = (zipf_paths, args.zipf_s, 2)
-    results["zipf"] = measure_wrk(args, server, origin_port, cpus, "/", conns, **zipf)
-    return results
+    log(f"  zipf: warm-up {args.zipf_warmup} s, then {args.repeat} x {args.seconds} s")
+    script = {"script": "zipf.lua", "script_args": (ctx.zipf_paths, args.zipf_s, 1)}
+    wrk_run(args, ctx, server.url("/"), conns, args.zipf_warmup, **script)()
+    script["script_args"] = (ctx.zipf_paths, args.zipf_s, 2)
+    return measure.measure_repeat(args, server, ctx.origin_port,
+                                  wrk_run(args, ctx, server.url("/"), conns, args.seconds,
+                                          **script), conns)
 
 
-SCENARIOS = (
-    ("cold", "1,000 concurrent cold requests, one 1 MiB object"),
-    ("hot20k", "hot 20 KB image (memory hit), 64 connections"),
-    ("hot5m", "hot 5 MB file (memory hit), 16 connections"),
-    ("zipf", "Zipf(0.9) over 10,000 images, cache = 25% of corpus, 64 connections"),
-)
+def disk(args, ctx, server):
+    """Every image fetched once (checked), so all are cached in some tier; then requests
+    drawn uniformly (zipf.lua with s = 0) over all of them, 4x what memory holds."""
+    seconds, done = measure.fill_all(server, ctx.manifest["images"], workers=8)
+    log(f"  disk: filled {done} images in {seconds:.1f} s; warm-up {args.warmup} s, "
+        f"then {args.repeat} x {args.seconds} s")
+    conns = 64
+    script = {"script": "zipf.lua", "script_args": (ctx.zipf_paths, 0, 3)}
+    wrk_run(args, ctx, server.url("/"), conns, args.warmup, **script)()
+    script["script_args"] = (ctx.zipf_paths, 0, 4)
+    result = measure.measure_repeat(args, server, ctx.origin_port,
+                                    wrk_run(args, ctx, server.url("/"), conns, args.seconds,
+                                            **script), conns)
+    return dict(result, fill_s=seconds, fill_requests=done)
 
 
-def ratios(results):
-    """shimmer against the best peer measured, per scenario."""
-    out = {}
-    for scenario, _ in SCENARIOS:
-        mine = results.get("shimmer")
-        mine = mine.get(scenario) if isinstance(mine, dict) else None
-        peers = [r[scenario] for n, r in results.items()
-                 if n != "shimmer" and isinstance(r, dict) and scenario in r]
-        if not mine or not peers:
+def run_scenario(args, ctx, server, scenario):
+    if scenario == "cold":
+        log(f"  cold: {args.cold} concurrent requests for one 1 MiB object")
+        return measure.measure_cold(args, server, ctx.origin_port, ctx.manifest["cold"])
+    if scenario == "https-cold":
+        log(f"  https-cold: {args.cold} TLS connections, then one request each, at once")
+        return measure.measure_cold(args, server, ctx.origin_port, ctx.manifest["cold"],
+                                    tls=ctx.tls_client)
+    if scenario == "zipf":
+        return zipf(args, ctx, server)
+    if scenario == "disk":
+        return disk(args, ctx, server)
+    return hot(args, ctx, server, scenario)
+
+
+def run_group(args, ctx, group, names, results, tls_info):
+    """Each server started fresh for the group's scenarios, in turn."""
+    for name in names:
+        wanted = [s for s, g, _, on in report.SCENARIOS
+                  if g == group and s in args.scenarios and name in on]
+        if not wanted:
             continue
-        best = lambda key, pick: pick(p[key] for p in peers if p.get(key) is not None)
-        out[scenario] = {
-            "rps": mine["rps"] / best("rps", max),
-            "p99": mine["p99_ms"] / best("p99_ms", min) if best("p99_ms", min) else None,
-            "cpu": mine["cpu_s_per_100k"] / best("cpu_s_per_100k", min),
-        }
-        if scenario == "zipf":
-            out[scenario]["hit_points"] = 100 * (mine["hit_ratio"] - best("hit_ratio", max))
-    return out
-
-
-def table(results, ratio):
-    lines = []
-    head = (f"{'server':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-            f"{'CPU s/100k':>12}{'origin':>8}{'hit %':>7}{'mem MiB':>9}{'errors':>8}{'steal %':>9}")
-    for scenario, title in SCENARIOS:
-        lines += ["", f"{scenario}: {title}", head]
-        for name in SERVERS:
-            r = results.get(name, {})
-            if isinstance(r, str):
-                lines.append(f"{name:<9}  FAILED: {r}")
-                continue
-            m = r.get(scenario)
-            if not m:
-                continue
-            hit = f"{100 * m['hit_ratio']:.1f}" if m.get("hit_ratio") is not None else "-"
-            mem = f"{m['peak_memory_mib']:.0f}" if m.get("peak_memory_mib") is not None else "-"
-            steal = f"{m['steal_pct']:.1f}" if m.get("steal_pct") is not None else "-"
-            lines.append(
-                f"{name:<9}{m['rps']:>10.0f}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}"
-                f"{m['p999_ms']:>10.2f}{m['cpu_s_per_100k']:>12.2f}{m['origin_requests']:>8}"
-                f"{hit:>7}{mem:>9}{m['errors']:>8}{steal:>9}")
-        q = ratio.get(scenario)
-        if q:
-            text = (f"shimmer / best peer: req/s {q['rps']:.2f}x (higher is better), "
-                    f"p99 {q['p99']:.2f}x, CPU {q['cpu']:.2f}x (lower is better)")
-            if "hit_points" in q:
-                text += f", hit ratio {q['hit_points']:+.1f} points"
-            lines.append(text)
-    return "\n".join(lines)
+        mode = "disk" if group == "disk" else "memory"
+        log(f"{name} ({group}): pinned to cpu {ctx.server_cpus}; {', '.join(wanted)}")
+        per = results.setdefault(name, {})
+        server = None
+        try:
+            server = servers.start(name, args, ctx, mode)
+            tls_info.setdefault(name, server.tls)
+            for scenario in wanted:
+                per[scenario] = run_scenario(args, ctx, server, scenario)
+        except (BenchError, OSError, subprocess.SubprocessError) as e:
+            log(f"{name}: FAILED: {e}")
+            for scenario in wanted:
+                per.setdefault(scenario, {"failed": str(e)})
+        finally:
+            if server:
+                server.stop()
+                if server.cache_on_tmpfs:
+                    shutil.rmtree(server.cache_dir, ignore_errors=True)
+                if mode == "disk":
+                    shutil.rmtree(server.work, ignore_errors=True)  # a GB or more each
 
 
 def machine():
@@ -497,107 +189,141 @@ def version(cmd):
         return "unknown"
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    which = lambda tool, default: shutil.which(tool) or default
     p.add_argument("--shimmer", default=os.path.join(REPO, "target/release/shimmer"))
-    p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
-    p.add_argument("--varnishd", default=shutil.which("varnishd") or "/usr/sbin/varnishd")
-    p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
+    p.add_argument("--floor", default=os.path.join(REPO, "target/release/examples/floor"))
+    p.add_argument("--nginx", default=which("nginx", "/usr/sbin/nginx"))
+    p.add_argument("--varnishd", default=which("varnishd", "/usr/sbin/varnishd"))
+    p.add_argument("--hitch", default=which("hitch", "/usr/sbin/hitch"))
+    p.add_argument("--wrk", default=which("wrk", "/usr/bin/wrk"))
+    p.add_argument("--h2load", default=which("h2load", "/usr/bin/h2load"))
     p.add_argument("--out", default=os.path.join(REPO, "target/bench"))
-    p.add_argument("--servers", default=",".join(SERVERS))
-    p.add_argument("--seconds", type=int, default=5, help="each measured run")
+    p.add_argument("--servers", default=",".join(report.SERVERS))
+    p.add_argument("--seconds", type=int, default=3, help="each measured run")
     p.add_argument("--repeat", type=int, default=3, help="measured runs per scenario")
-    p.add_argument("--warmup", type=int, default=2, help="before each hot run")
-    p.add_argument("--zipf-warmup", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=1, help="before each hot and disk run")
+    p.add_argument("--zipf-warmup", type=int, default=8, help="before the zipf run")
     p.add_argument("--zipf-s", type=float, default=0.9)
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--cold", type=int, default=1000, help="concurrent cold requests")
-    p.add_argument("--scenarios", default=",".join(s for s, _ in SCENARIOS))
+    p.add_argument("--scenarios", default="all",
+                   help="comma-separated scenarios, or "
+                        + ", ".join(f"{k} ({'+'.join(v)})" for k, v in report.ALIASES.items()
+                                    if k != "all") + ", or all")
     args = p.parse_args()
-    args.scenarios = [s for s in args.scenarios.split(",") if s]
-    for s in args.scenarios:
-        if s not in dict(SCENARIOS):
-            p.error(f"unknown scenario {s!r}; choose from {', '.join(dict(SCENARIOS))}")
-    servers = [s for s in args.servers.split(",") if s]
-    for s in servers:
-        if s not in SERVERS:
-            p.error(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
-    tools = {"shimmer": args.shimmer, "wrk": args.wrk, "taskset": shutil.which("taskset")}
-    if "nginx" in servers:
-        tools["nginx"] = args.nginx
-    if "varnish" in servers:
-        tools["varnishd"] = args.varnishd
+    wanted = []
+    for s in (s for s in args.scenarios.split(",") if s):
+        if s not in report.TITLES and s not in report.ALIASES:
+            p.error(f"unknown scenario {s!r}; choose from {', '.join(report.TITLES)} "
+                    f"or {', '.join(report.ALIASES)}")
+        wanted += [x for x in report.ALIASES.get(s, [s]) if x not in wanted]
+    args.scenarios = wanted
+    args.servers = [s for s in args.servers.split(",") if s]
+    for s in args.servers:
+        if s not in report.SERVERS:
+            p.error(f"unknown server {s!r}; choose from {', '.join(report.SERVERS)}")
+    on = {name for s, _, _, names in report.SCENARIOS if s in wanted for name in names}
+    tools = {"shimmer": args.shimmer, "wrk": args.wrk, "taskset": shutil.which("taskset"),
+             "openssl": shutil.which("openssl")}
+    need = {"nginx": {"nginx": args.nginx}, "floor": {"floor": args.floor},
+            "varnish": {"varnishd": args.varnishd, "hitch": args.hitch}}
+    for name in set(args.servers) & on:
+        tools.update(need.get(name, {}))
+    if "h2" in wanted:
+        tools["h2load"] = args.h2load
     missing = [f"{k} ({v})" for k, v in tools.items() if not v or not os.access(v, os.X_OK)]
     if missing:
-        p.error("missing: " + ", ".join(missing) + " (`make bench` installs them)")
+        p.error("missing: " + ", ".join(missing) + " (`make bench` builds and installs them)")
+    return args
 
+
+def main():
+    args = parse_args()
+    started = time.monotonic()
     os.makedirs(args.out, exist_ok=True)
     manifest = corpus.ensure(os.path.join(args.out, "corpus"), images=args.images, log=log)
-    cache_bytes = manifest["image_bytes"] // 4
+    ctx = types.SimpleNamespace(manifest=manifest)
+    ctx.cache_bytes = manifest["image_bytes"] // 4
+    # The disk budget holds every image with room to spare, for all three servers.
+    ctx.disk_bytes = manifest["image_bytes"] * 3 // 2
+    hot_image = manifest["hot_image"]["hash"]
+    ctx.hot_image_file = os.path.join(args.out, "corpus", "images", hot_image[:2], hot_image)
     # Popularity rank -> image, shuffled so popularity has nothing to do with the hash.
     order = list(manifest["images"])
-    __import__("random").Random(11).shuffle(order)
-    zipf_paths = os.path.join(args.out, "zipf-paths.txt")
-    with open(zipf_paths, "w") as f:
+    random.Random(11).shuffle(order)
+    ctx.zipf_paths = os.path.join(args.out, "zipf-paths.txt")
+    with open(ctx.zipf_paths, "w") as f:
         f.writelines(corpus.url_path(e) + "\n" for e in order)
 
-    server_cpus, load_cpus = cpu_sets()
-    run_dir = os.path.join(args.out, "run")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.makedirs(os.path.join(run_dir, "origin"))
-    origin_port = free_port()
-    origin = Server("origin", [args.shimmer, "origin", "--dir", os.path.join(args.out, "corpus"),
-                               "--listen", f"127.0.0.1:{origin_port}", "--threads", "2"],
-                    origin_port, os.path.join(run_dir, "origin"), load_cpus)
-    results = {}
+    ctx.server_cpus, ctx.load_cpus = cpu_sets()
+    ctx.run_dir = os.path.join(args.out, "run")
+    shutil.rmtree(ctx.run_dir, ignore_errors=True)
+    os.makedirs(os.path.join(ctx.run_dir, "origin"))
+    ctx.certs = servers.make_cert(os.path.join(ctx.run_dir, "tls"))
+    ctx.tls_client = measure.tls_client_context(ctx.certs["cert"])
+    ctx.origin_port = servers.free_port()
+    origin = servers.Server("origin", os.path.join(ctx.run_dir, "origin"), ctx.load_cpus)
+    origin.spawn("origin", [args.shimmer, "origin", "--dir", os.path.join(args.out, "corpus"),
+                            "--listen", f"127.0.0.1:{ctx.origin_port}", "--threads", "2"],
+                 ctx.origin_port)
+    results, tls_info, timings = {}, {}, {}
     try:
-        for name in servers:
-            work = os.path.join(run_dir, name)
-            os.makedirs(work)
-            log(f"{name}: cache {cache_bytes // corpus.MIB} MiB, pinned to cpu {server_cpus}")
-            server = None
-            try:
-                server = start_server(name, args, work, origin_port, cache_bytes, server_cpus)
-                results[name] = bench_server(args, server, origin_port, manifest, zipf_paths,
-                                             load_cpus)
-            except (BenchError, OSError, subprocess.SubprocessError) as e:
-                log(f"{name}: FAILED: {e}")
-                results[name] = str(e)
-            finally:
-                if server:
-                    server.stop()
-                    if server.cache_dir:
-                        shutil.rmtree(server.cache_dir, ignore_errors=True)
+        for group in report.GROUPS:
+            t = time.monotonic()
+            run_group(args, ctx, group, args.servers, results, tls_info)
+            timings[group] = round(time.monotonic() - t, 1)
     finally:
         origin.stop()
 
-    ratio = ratios(results)
-    report = {
+    ratio = report.ratios(results)
+    bad = report.failed(results)
+    out = os.path.join(args.out, "http.json")
+    result = {
         "machine": machine(),
         "versions": {
             "shimmer": version(["git", "-C", REPO, "describe", "--always", "--dirty"]),
             "nginx": version([args.nginx, "-v"]),
             "varnish": version([args.varnishd, "-V"]),
+            "hitch": version([args.hitch, "--version"]),
             "wrk": version([args.wrk, "-v"]),
+            "h2load": version([args.h2load, "--version"]),
         },
-        "params": {"seconds": args.seconds, "images": args.images,
-                   "image_bytes": manifest["image_bytes"], "cache_bytes": cache_bytes,
-                   "server_cpus": server_cpus, "load_cpus": load_cpus, "zipf_s": args.zipf_s},
+        "params": {"seconds": args.seconds, "repeat": args.repeat, "warmup": args.warmup,
+                   "images": args.images, "image_bytes": manifest["image_bytes"],
+                   "cache_bytes": ctx.cache_bytes, "disk_bytes": ctx.disk_bytes,
+                   "server_cpus": ctx.server_cpus, "load_cpus": ctx.load_cpus,
+                   "zipf_s": args.zipf_s, "scenarios": args.scenarios,
+                   "servers": args.servers, "h2": {"clients": H2_CLIENTS,
+                                                   "streams": H2_STREAMS},
+                   "certificate": "self-signed ECDSA P-256 (openssl req)"},
+        "tls": tls_info,
         "results": results,
         "shimmer_over_best_peer": ratio,
+        "failures": bad,
+        "seconds": {"groups": timings, "total": round(time.monotonic() - started, 1)},
     }
-    out = os.path.join(args.out, "http.json")
     with open(out, "w") as f:
-        json.dump(report, f, indent=2)
-    m = report["machine"]
+        json.dump(result, f, indent=2)
+    m = result["machine"]
+    worst = lambda key: max([r[key] for per in results.values() for r in per.values()
+                             if r.get(key) is not None] or [0])
     print(f"make bench: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
           f"Linux {m['kernel']}, {m['date']}")
-    print(f"server on cpu {server_cpus}, wrk and origin on cpu {load_cpus}; "
-          f"cache {cache_bytes // corpus.MIB} MiB = 25% of {manifest['image_bytes'] // corpus.MIB}"
-          f" MiB of images; median of {args.repeat} runs of {args.seconds} s")
-    print(table(results, ratio))
+    print(f"server on cpu {ctx.server_cpus}, load and origin on cpu {ctx.load_cpus}; "
+          f"memory {ctx.cache_bytes // corpus.MIB} MiB = 25% of "
+          f"{manifest['image_bytes'] // corpus.MIB} MiB of images (disk scenario: disk "
+          f"{ctx.disk_bytes // corpus.MIB} MiB); median of {args.repeat} runs of "
+          f"{args.seconds} s; on the server's core, steal up to {worst('steal_pct'):.1f}% "
+          f"and other work up to {worst('other_pct'):.1f}%; {result['seconds']['total']:.0f} s")
+    print(report.table(results, ratio, tls_info))
+    if bad:
+        print("\nFAILED (a wrong answer fails the bench):\n  " + "\n  ".join(bad))
     print(f"\nwritten to {out}")
-    return 1 if any(isinstance(r, str) for r in results.values()) else 0
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

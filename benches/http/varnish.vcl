@@ -1,6 +1,8 @@
 # Varnish under `make bench`: the shard director over the origin (one backend, as a
-# single mirror owning everything), malloc storage with the same byte budget as the
-# others (set on the command line by bench.py). Request coalescing is Varnish's default.
+# single mirror owning everything), malloc storage (file storage for the disk scenario)
+# with the same byte budget as the others, set on the command line by servers.py, and
+# hitch in front for TLS, speaking PROXY v2 to a second listener. Request coalescing
+# is Varnish's default.
 vcl 4.1;
 import directors;
 

@@ -1,9 +1,9 @@
 //! Fleet simulation (issue 7, part 4; issue 12): how much origin traffic Shimmie's
 //! placement saves over spreading requests blindly, how many images move when a
 //! weight changes, and what a node loss or a weight change costs with and without
-//! warm secondaries, owner-first fill and handoff (`fleet_sim/events.rs`). Run
-//! `cargo test --release --locked --bench fleet_sim` (as `make bench` does) or
-//! `cargo bench --locked --bench fleet_sim`: it prints tables and writes
+//! warm secondaries, owner-first fill and handoff (`events.rs`). Run
+//! `cargo run --release --locked --example fleet_sim` (`make bench` builds it with the
+//! binary and runs `target/release/examples/fleet_sim`): it prints tables and writes
 //! `target/bench/fleet_sim.json`, the same numbers on every run.
 //!
 //! Why these choices: 4 nodes of weight 5, as a small real fleet; 10,000 md5-like
@@ -27,9 +27,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[path = "fleet_sim/event_report.rs"]
+#[path = "event_report.rs"]
 mod event_report;
-#[path = "fleet_sim/events.rs"]
+#[path = "events.rs"]
 mod events;
 
 const TEMPLATE: &str = "http://m-{a=5,b=5,c=5,d=5}.example.com/_images/$hash/x.jpg";
