@@ -30,6 +30,10 @@ target/bench/http.json. Benchmarks report; they never fail on a number. They do 
 if a server cannot start or answers wrong (errors > 0, or wrong bytes).
 """
 
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in benches/http for the modules below
+
 import argparse
 import datetime
 import json
@@ -38,7 +42,6 @@ import platform
 import random
 import shutil
 import subprocess
-import sys
 import time
 import types
 
