@@ -177,7 +177,7 @@ fn run(opt: Opt, loaded: Config, path: Option<PathBuf>) -> ExitCode {
         "shimmer mirror",
     );
     for addr in &listen {
-        proxy.add_tcp(addr);
+        proxy.add_listener(shimmer::proxy::listener(addr, None));
     }
     if let (Some(tls), Some(certs)) = (&tls, &certs) {
         for addr in &tls.listen {
@@ -188,7 +188,7 @@ fn run(opt: Opt, loaded: Config, path: Option<PathBuf>) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            proxy.add_tls_with_settings(addr, None, settings);
+            proxy.add_listener(shimmer::proxy::listener(addr, Some(settings)));
         }
     }
     // In daemon mode Pingora drops to `user` before its listeners bind, so a port

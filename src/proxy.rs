@@ -19,6 +19,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 mod fill;
 mod http1;
+pub use http1::listener;
 mod memory_hit;
 mod range;
 mod respond;
