@@ -400,6 +400,18 @@ impl MemoryStorage {
         Box::new(MemoryMissHandler::new(fill, expected_len))
     }
 
+    /// Stores a complete body that is already one exact-size buffer, without copying it.
+    /// Returns the bytes charged if TinyLFU admitted it.
+    pub(crate) fn insert_whole(
+        &'static self,
+        hash: HashBinary,
+        meta: StoredMeta,
+        body: Bytes,
+    ) -> Option<usize> {
+        let fill = Fill::new(self, hash, self.next_id(), Arc::new(meta));
+        self.commit(&fill, body)
+    }
+
     /// How far the fill a lookup of `hash` would attach to has got, if one is in progress.
     pub(crate) fn fill_progress(&self, hash: &HashBinary) -> Option<FillProgress> {
         self.fills.active(hash).map(|f| f.progress())

@@ -121,7 +121,7 @@ impl DiskMissHandler {
             return;
         }
         self.writer = None; // removes the temp file
-        self.fill.abort();
+        self.fill.body.abort();
         self.store.forget_fill(&self.fill);
     }
 }
@@ -136,7 +136,7 @@ impl HandleMiss for DiskMissHandler {
             self.abort();
             return Err(e.into_pingora());
         }
-        if let Err(e) = self.fill.record(data, eof, true) {
+        if let Err(e) = self.fill.body.record(data, eof, true) {
             self.abort();
             return Err(e.into_pingora());
         }
@@ -155,7 +155,7 @@ impl HandleMiss for DiskMissHandler {
                 return Err(e.into_pingora());
             }
         };
-        self.fill.complete();
+        self.fill.body.complete(None);
         self.finished = true;
         self.store.forget_fill(&self.fill);
         Ok(MissFinishType::Created(

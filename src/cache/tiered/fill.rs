@@ -89,7 +89,7 @@ impl TieredMissHandler {
             return;
         }
         self.disk = None; // removes the temp file; readers keep the open descriptor
-        self.fill.abort();
+        self.fill.body.abort();
         self.store.forget_fill(&self.fill);
         let c = &self.store.counters;
         c.aborted_fills.fetch_add(1, Ordering::Relaxed);
@@ -99,7 +99,7 @@ impl TieredMissHandler {
 #[async_trait]
 impl HandleMiss for TieredMissHandler {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
-        if !self.fill.is_writing() {
+        if !self.fill.body.is_writing() {
             return Err(CacheError::WriteAfterEnd.into_pingora());
         }
         let mut on_disk = false;
@@ -118,7 +118,7 @@ impl HandleMiss for TieredMissHandler {
                 }
             }
         }
-        if let Err(e) = self.fill.record(data, eof, on_disk) {
+        if let Err(e) = self.fill.body.record(data, eof, on_disk) {
             self.abort();
             return Err(e.into_pingora());
         }
@@ -126,7 +126,7 @@ impl HandleMiss for TieredMissHandler {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let len = self.fill.len();
+        let len = self.fill.body.len();
         if let Some(expected) = self.expected.filter(|&e| e != len) {
             self.abort();
             let err = CacheError::LengthMismatch {
@@ -147,21 +147,34 @@ impl HandleMiss for TieredMissHandler {
                 ),
             }
         }
-        let memory_body = self.fill.memory_body();
+        let memory_body = self.fill.body.memory_body();
         let purged = || self.fill.purged.load(Ordering::Acquire);
         let memory_meta = self.memory_meta.take();
+        let mut whole = None;
         if let (Some(chunks), Some(meta), false) = (memory_body, memory_meta, purged()) {
             let body_len: usize = chunks.iter().map(Bytes::len).sum();
-            if self.store.fits_memory(body_len as u64, meta.len())
-                && self.store.insert_memory(self.fill.key, meta, chunks).await
-            {
-                charged += body_len as u64;
-                if purged() {
-                    self.store.memory.remove(&self.key);
+            if self.store.fits_memory(body_len as u64, meta.len()) {
+                // One exact-size copy (upstream chunks may pin larger read buffers): the
+                // memory tier keeps it, and readers still behind take the rest from it.
+                let mut body = Vec::with_capacity(body_len);
+                for chunk in &chunks {
+                    body.extend_from_slice(chunk);
                 }
+                let body = Bytes::from(body);
+                if let Some(n) = self
+                    .store
+                    .memory
+                    .insert_whole(self.fill.key, meta, body.clone())
+                {
+                    charged += n as u64;
+                    if purged() {
+                        self.store.memory.remove(&self.key);
+                    }
+                }
+                whole = Some(body);
             }
         }
-        self.fill.complete();
+        self.fill.body.complete(whole);
         self.finished = true;
         self.store.forget_fill(&self.fill);
         Ok(MissFinishType::Created(
