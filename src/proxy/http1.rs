@@ -29,17 +29,15 @@ use crate::request::Reject;
 /// heads; Pingora's default (64 KiB) is zeroed at every accept, which was 6% of the CPU
 /// of a 1,000-connection cold stampede (perf, `make bench` cold).
 const READ_BUFFER: usize = 4 << 10;
-/// Socket write buffer per downstream connection. Pingora's default (1,460 bytes) sends
-/// the response head on its own and then the body: two `send`s, and on loopback or a VM
-/// two wake-ups of the reader, which were most of the kernel time of a 20 KB hit. With a
-/// buffer this size a head and a body up to about 60 KiB leave in one `send`; larger
-/// bodies go straight to the socket as before.
-const WRITE_BUFFER: usize = 64 << 10;
+// The write buffer stays Pingora's (1,460 bytes), so a head and its body leave in two
+// `send`s. A 64 KiB buffer made it one, but copying each body into the buffer cost more
+// than the `send` saved: hot20k 60k against 70k req/s, https-hot20k 22k against 27k
+// (`bench.py --servers shimmer --scenarios hot20k,https-hot20k`, interleaved runs).
 
-/// A downstream listening endpoint, plain or TLS, with the buffers above.
+/// A downstream listening endpoint, plain or TLS, with the read buffer above.
 pub fn listener(addr: &str, tls: Option<TlsSettings>) -> ListenerConfig {
     let endpoint =
-        ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER));
+        ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(READ_BUFFER));
     match tls {
         Some(settings) => endpoint.tls(settings),
         None => endpoint,
