@@ -5,8 +5,10 @@
 //!   into place only when its body is complete, so a crash leaves a temp file (deleted
 //!   at the next start), never a short object. Nothing is fsynced unless `fsync` is set.
 //! - **Reads.** A lookup opens the path directly (no index needed, so a restarted
-//!   mirror serves at once), checks the header and the file length, and streams the
-//!   body in 64 KiB `pread`s; `seek` serves Range requests. A file that does not check
+//!   mirror serves at once), checks the header and the file length, and reads a body
+//!   up to 1 MiB in one `pread` (longer ones in 64 KiB pieces); `seek` serves Range
+//!   requests. What the kernel has cached is opened and read on the event loop, the
+//!   rest on the blocking pool ([`nowait`]). A file that does not check
 //!   is deleted and is a miss. A full read also checks the body CRC and fails the
 //!   response (never a clean end) if it does not match.
 //! - **Bound.** An in-memory LRU index ([`index`]) of every file charges each its size
@@ -43,11 +45,14 @@ mod fs;
 pub(crate) mod index;
 mod io;
 mod legacy;
+mod nowait;
 mod publish;
 mod scan;
 mod storage;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_nowait;
 #[cfg(test)]
 mod tests_purge;
 #[cfg(test)]
@@ -120,6 +125,10 @@ pub struct DiskStats {
 
 #[derive(Default)]
 struct Counters {
+    /// Lookups answered on the event loop ([`DiskStorage::lookup_nowait`]) and on the
+    /// blocking pool.
+    inline_lookups: AtomicU64,
+    blocking_lookups: AtomicU64,
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
     write_errors: AtomicU64,
@@ -316,10 +325,18 @@ impl DiskStorage {
     /// files are a miss; read errors are counted and logged.
     pub async fn lookup_object(&'static self, obj: ObjectRef) -> Option<(CacheMeta, DiskHit)> {
         self.start_background();
-        let found = tokio::task::spawn_blocking(move || self.open_for_lookup(obj))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
+        let found = match self.lookup_nowait(obj) {
+            Some(found) => Ok(found),
+            None => {
+                self.counters
+                    .blocking_lookups
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || self.open_for_lookup(obj))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+            }
+        };
         let opened = match found {
             Ok(Found::Valid(opened)) => opened,
             Ok(Found::Missing) => return None,
@@ -367,6 +384,42 @@ impl DiskStorage {
             crc: crc.map(|want| (crc32fast::Hasher::new(), want)),
         };
         Some((meta, hit))
+    }
+
+    /// [`Self::open_for_lookup`] on the event loop, when nothing in it can wait for the
+    /// disk ([`io::open_checked_nowait`]) and the index needs no change beyond a touch:
+    /// a valid file already indexed, or no file and no entry. `None`: take the blocking
+    /// path, which settles the index under the key's lock. A purge or publish racing
+    /// this is seen as by that path: a purge that forgot the entry before the touch
+    /// sends the lookup there, one after it finds the file already open (served, as
+    /// there); an entry published after the missing file was seen makes it look again.
+    fn lookup_nowait(&self, obj: ObjectRef) -> Option<Found> {
+        #[cfg(test)]
+        if self.hook.lock().is_some() {
+            return None; // the race tests' hooks run on the blocking path
+        }
+        let found = io::open_checked_nowait(&obj.path(&self.cfg.dir), &obj)?;
+        let key = obj.key_hash();
+        let settled = match &found {
+            Found::Valid(_) => self.books.lock().index.touch(&key),
+            Found::Missing => self.books.lock().index.get(&key).is_none(),
+            Found::Invalid(..) => false,
+        };
+        settled.then(|| {
+            self.counters.inline_lookups.fetch_add(1, Ordering::Relaxed);
+            found
+        })
+    }
+
+    /// How many lookups were answered on the event loop and how many on the blocking
+    /// pool.
+    #[cfg(test)]
+    pub(crate) fn lookup_paths(&self) -> (u64, u64) {
+        let c = &self.counters;
+        (
+            c.inline_lookups.load(Ordering::Relaxed),
+            c.blocking_lookups.load(Ordering::Relaxed),
+        )
     }
 
     /// Opens and checks `obj`'s file for a lookup (blocking), then settles the index

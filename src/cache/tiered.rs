@@ -1,9 +1,10 @@
 //! Memory over disk: the `Storage` the proxy enables.
 //!
 //! - **Lookup**: a fill in progress (streamed while it is written), then the memory tier,
-//!   then the disk tier. A disk hit small enough for the memory tier is promoted into it:
-//!   from the bytes streamed to the client when it reads the whole body, otherwise by a
-//!   background read once the hit is done (a HEAD, a Range). Larger ones never are.
+//!   then the disk tier. A disk hit small enough for the memory tier is offered to it,
+//!   never copied: the very buffer the client was sent when the body was read in one
+//!   piece, otherwise one read in the background once the hit is done (a HEAD, a Range,
+//!   a body over 1 MiB). Larger ones never are (see `promote`).
 //! - **Miss** (status 200, disk writable): one fill writes the temp file and, while the
 //!   body fits the memory tier, keeps it in memory too; readers (the writer's own client
 //!   and every client that waited on the cache lock) stream from memory or the file. On
@@ -27,12 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use parking_lot::Mutex;
 use pingora_cache::key::{CacheHashKey, HashBinary};
-use pingora_cache::storage::{
-    HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
-};
+use pingora_cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora_cache::trace::{Span, SpanHandle};
 use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
@@ -97,6 +95,9 @@ pub struct TieredStorage {
     next_id: AtomicU64,
     /// Keys being promoted in the background, so each is read once.
     promoting: Mutex<HashSet<HashBinary>>,
+    /// Purges so far: a promotion of a disk hit looked up before the latest one is
+    /// dropped, so a purge never races a promotion into resurrecting the object.
+    purges: AtomicU64,
     counters: Counters,
 }
 
@@ -108,6 +109,7 @@ impl TieredStorage {
             fills: FillRegistry::default(),
             next_id: AtomicU64::new(1),
             promoting: Mutex::new(HashSet::new()),
+            purges: AtomicU64::new(0),
             counters: Counters::default(),
         }
     }
@@ -154,6 +156,7 @@ impl TieredStorage {
     /// The disk part is one `unlink` per silo on the calling thread (cheap; a ban storm
     /// is batched by the sync).
     pub fn purge_hash(&self, md5: Md5) -> bool {
+        self.purges.fetch_add(1, Ordering::SeqCst);
         let mut found = false;
         for obj in Silo::ALL.map(|silo| ObjectRef::new(silo, md5)) {
             found |= self.purge_memory(&obj);
@@ -210,27 +213,6 @@ impl TieredStorage {
         body_len + meta_len as u64 + MEMORY_OVERHEAD <= self.memory.max_object_bytes() as u64
     }
 
-    /// Offers a complete body to the memory tier. Returns whether it was admitted.
-    async fn insert_memory(&self, key: HashBinary, meta: StoredMeta, chunks: Vec<Bytes>) -> bool {
-        let insert = async {
-            let len: usize = chunks.iter().map(Bytes::len).sum();
-            let mut miss = self.memory.miss_handler_for(key, meta, Some(len as u64));
-            for chunk in chunks {
-                miss.write_body(chunk, false).await?;
-            }
-            miss.write_body(Bytes::new(), true).await?;
-            miss.finish().await
-        };
-        match insert.await {
-            Ok(MissFinishType::Created(n)) => n > 0,
-            Ok(MissFinishType::Appended(..)) => true,
-            Err(e) => {
-                tracing::debug!("memory tier refused an object: {e}");
-                false
-            }
-        }
-    }
-
     /// A memory-only fill, as without a disk.
     async fn memory_miss(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<MissHandler> {
         let meta_len = StoredMeta::estimated_len(meta);
@@ -266,6 +248,7 @@ impl Storage for TieredStorage {
         let (Some(disk), Some(obj)) = (self.disk, ObjectRef::from_key(key)) else {
             return Ok(None);
         };
+        let epoch = self.purges.load(Ordering::SeqCst);
         let Some((meta, hit)) = disk.lookup_object(obj).await else {
             // Pingora takes the cache lock right after a miss, and a writer releases it as
             // soon as its fill is registered (streaming partial writes). A fill that
@@ -279,7 +262,7 @@ impl Storage for TieredStorage {
         let promote = self
             .fits_memory(hit.body_len(), StoredMeta::estimated_len(&meta))
             .then(|| StoredMeta::from_parts(hit.meta_bytes().internal.clone(), &meta));
-        let hit = TieredHit::new(self, key.clone(), hit, promote);
+        let hit = TieredHit::new(self, key.clone(), hit, promote, epoch);
         Ok(Some((meta, Box::new(hit))))
     }
 
@@ -337,6 +320,7 @@ impl Storage for TieredStorage {
         if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
             return Ok(PurgeOutcome::NotFound);
         }
+        self.purges.fetch_add(1, Ordering::SeqCst);
         let key = target.key().combined_bin();
         let mut found = self.fills.mark_purged(&key);
         found |= !matches!(

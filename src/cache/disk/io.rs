@@ -1,6 +1,8 @@
 //! Reading and writing cache files: checking a file before it is served, the hit
-//! reader (chunked `pread`, seekable, body CRC checked on full reads) and the writer
-//! (temp file, `pwrite`, header last, rename when complete).
+//! reader (a small body in one `pread`, a large one in chunks; seekable; body CRC
+//! checked on full reads) and the writer (temp file, `pwrite`, header last, rename when
+//! complete). Hits read inline what the kernel has cached ([`super::nowait`]) and only
+//! the rest on the blocking pool.
 
 use std::any::Any;
 use std::fs::{File, OpenOptions};
@@ -21,9 +23,10 @@ use pingora_error::Result;
 use super::format::{self, Corrupt, Header, MetaBytes, ObjectRef};
 use super::fs::FileId;
 pub(crate) use super::fs::{is_absent, remove_quietly};
+use super::nowait;
 use super::publish::{Published, Ticket};
 use super::{legacy, CacheError, DiskStorage};
-use crate::cache::stream::{read_chunk, READ_CHUNK};
+use crate::cache::stream::READ_CHUNK;
 use crate::media_type::{self, SNIFF_LEN};
 
 /// A hit's file mtime is refreshed at most this often: it orders the LRU after a
@@ -40,6 +43,84 @@ pub(crate) enum Inspected {
 
 /// Bytes read first: our header is a few hundred bytes.
 const FIRST_READ: usize = 1024;
+
+/// A body range up to this long is read in one piece: one `pread` per hit for images,
+/// one buffer that the memory tier can keep as is. Longer ones go in [`READ_CHUNK`]s
+/// until the rest is this long, so a video of hundreds of MB is never held whole. It also bounds what one poll of
+/// the event loop copies inline from the page cache (about 100 us at worst).
+pub(crate) const WHOLE_READ: u64 = 1 << 20;
+
+/// Reads `n` bytes at `off`: inline what the page cache holds, the rest (a cold file)
+/// on the blocking pool. A file shorter than that is an `UnexpectedEof` error. `n` is
+/// at most [`WHOLE_READ`] for callers on the event loop.
+pub(crate) async fn read_at(file: Arc<File>, off: u64, n: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(n);
+    while buf.len() < n {
+        match nowait::pread_nowait(&file, &mut buf, n, off)? {
+            Some(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Some(_) => {}
+            None => {
+                let buf = tokio::task::spawn_blocking(move || {
+                    nowait::pread_fill(&file, &mut buf, n, off).map(|()| buf)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                return Ok(Bytes::from(buf));
+            }
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// The event loop's try at [`open_checked`] for a hit (never waits for the disk): a
+/// file of ours whose path, header and size the kernel has cached and that checks out,
+/// or no file at all. `None` whenever that cannot be told without waiting, or the file
+/// wants more than a header check (an shm-cached file, an invalid one, an mtime due a
+/// touch): [`open_checked`] on the blocking pool then does it all.
+pub(crate) fn open_checked_nowait(path: &Path, obj: &ObjectRef) -> Option<Found> {
+    let file = match nowait::open_cached(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return None,
+        Err(e) if is_absent(&e) => return Some(Found::Missing),
+        Err(_) => return None, // the blocking path counts and logs it
+    };
+    // fstat on an open descriptor needs no I/O: the inode is in memory.
+    let md = file.metadata().ok().filter(|md| md.is_file())?;
+    let (id, len) = (FileId::of(&md), md.len());
+    let mtime = md.modified().ok()?;
+    let fresh = SystemTime::now()
+        .duration_since(mtime)
+        .map_or(true, |age| age <= TOUCH_EVERY);
+    if !fresh {
+        return None;
+    }
+    let first = usize::try_from(len).ok()?.min(FIRST_READ);
+    let mut head = Vec::with_capacity(first);
+    while head.len() < first {
+        match nowait::pread_nowait(&file, &mut head, first, 0) {
+            Ok(Some(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+    if !format::looks_ours(&head) {
+        return None;
+    }
+    let header_len = format::claimed_header_len(&head).ok()?;
+    if header_len > head.len() {
+        return None; // a meta larger than the first read: rare, left to the full check
+    }
+    let header = format::decode(&head[..header_len], obj).ok()?;
+    if header.header_len.saturating_add(header.body_len) != len {
+        return None;
+    }
+    Some(Found::Valid(Opened {
+        file,
+        id,
+        len,
+        mtime,
+        kind: Inspected::Ours(header),
+    }))
+}
 
 /// Checks the file at `obj`'s path, already open: our header (magic, checksum, object,
 /// length), or an adoptable legacy file (known media type, not cut short).
@@ -154,7 +235,8 @@ pub(crate) fn open_checked(path: &Path, obj: &ObjectRef, touch: bool) -> io::Res
     }))
 }
 
-/// Reads a completed object's body from its file, 64 KiB at a time.
+/// Reads a completed object's body from its file: a range up to [`WHOLE_READ`] in one
+/// piece, a longer one [`READ_CHUNK`] at a time until the rest fits one.
 pub struct DiskHit {
     pub(crate) store: &'static DiskStorage,
     pub(crate) obj: ObjectRef,
@@ -180,6 +262,55 @@ impl DiskHit {
         self.meta.clone()
     }
 
+    /// The whole body in one buffer, its CRC checked: for a promotion in the background.
+    /// Up to [`WHOLE_READ`] like a hit reads it (inline when cached), a longer one on
+    /// the blocking pool, never inline. Rewinds the hit.
+    pub(crate) async fn read_whole(&mut self) -> Result<Bytes> {
+        self.pos = 0;
+        self.end = self.body_len;
+        if self.body_len <= WHOLE_READ {
+            return self.read_body().await?.ok_or_else(|| {
+                CacheError::Corrupt {
+                    path: self.obj.path(self.store.dir()),
+                    reason: Corrupt::Lengths,
+                }
+                .into_pingora()
+            });
+        }
+        let (file, off) = (self.file.clone(), self.body_off);
+        let n = usize::try_from(self.body_len).map_err(|_| CacheError::Aborted.into_pingora())?;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(n);
+            nowait::pread_fill(&file, &mut buf, n, off).map(|()| buf)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        let buf = match read {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                let corrupt = Corrupt::Length {
+                    actual: self.body_off,
+                    expected: self.body_off + self.body_len,
+                };
+                return Err(self.fail(corrupt).await);
+            }
+            Err(e) => {
+                self.store.note_read_error(&self.obj, &e);
+                return Err(
+                    CacheError::io("read", self.obj.path(self.store.dir()), e).into_pingora()
+                );
+            }
+        };
+        self.pos = self.body_len;
+        if let Some((_, want)) = self.crc.take() {
+            if crc32fast::hash(&buf) != want {
+                return Err(self.fail(Corrupt::BodyCrc).await);
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+
     async fn fail(&self, corrupt: Corrupt) -> Box<pingora_error::Error> {
         self.store.drop_corrupt(self.obj, self.id, corrupt).await;
         CacheError::Corrupt {
@@ -196,8 +327,14 @@ impl HandleHit for DiskHit {
         if self.pos >= self.end {
             return Ok(None);
         }
-        let n = (self.end - self.pos).min(READ_CHUNK as u64) as usize;
-        let bytes = match read_chunk(self.file.clone(), self.body_off + self.pos, n).await {
+        let left = self.end - self.pos;
+        let n = if left <= WHOLE_READ {
+            left
+        } else {
+            READ_CHUNK as u64
+        };
+        let n = usize::try_from(n).unwrap_or(READ_CHUNK);
+        let bytes = match read_at(self.file.clone(), self.body_off + self.pos, n).await {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 let corrupt = Corrupt::Length {

@@ -155,15 +155,18 @@ async fn fsync_mode_writes_and_serves_the_same() {
 async fn large_object_is_read_in_bounded_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
-    let b = body(1_000_000, 2);
+    let b = body(3_000_000, 2);
     put(s, &key(2), &b).await;
     let (_, mut hit) = s.lookup(&key(2), &span()).await.unwrap().unwrap();
     let mut got = Vec::new();
+    let mut sizes = Vec::new();
     while let Some(chunk) = hit.read_body().await.unwrap() {
-        assert!(chunk.len() <= 64 << 10);
+        assert!(chunk.len() as u64 <= super::io::WHOLE_READ);
+        sizes.push(chunk.len());
         got.extend_from_slice(&chunk);
     }
     assert_eq!(got, b);
+    assert_eq!(sizes[0], 64 << 10, "not read whole: {sizes:?}");
 }
 
 #[tokio::test]

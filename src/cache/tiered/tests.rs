@@ -12,6 +12,7 @@ use pingora_http::ResponseHeader;
 use super::*;
 use crate::cache::disk::tests::{body, eventually, key, meta_with, obj, open, read_all, span};
 use crate::cache::memory::MemoryStorage;
+use pingora_cache::key::CacheHashKey;
 
 /// Memory tier of 4 MiB taking objects up to 64 KiB, over a disk tier in `dir`.
 fn tiered(dir: &Path) -> &'static TieredStorage {
@@ -89,6 +90,94 @@ async fn disk_hit_is_promoted_into_memory_after_a_full_read() {
     std::fs::remove_file(obj(3).path(dir.path())).unwrap();
     let (_, mut h) = hit(t, &key(3)).await.expect("served from memory now");
     assert_eq!(read_all(&mut h).await.unwrap(), b);
+}
+
+#[tokio::test]
+async fn a_disk_hit_read_in_one_piece_is_promoted_without_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = body(30_000, 13);
+    put(tiered(dir.path()), &key(13), &b).await;
+    let t = tiered(dir.path());
+    let (_, mut h) = hit(t, &key(13)).await.unwrap();
+    let sent = h.read_body().await.unwrap().expect("the whole body");
+    assert_eq!(&sent[..], &b[..]);
+    let kept = t
+        .memory()
+        .fresh_object(&key(13).combined_bin(), std::time::SystemTime::now())
+        .expect("promoted");
+    assert_eq!(
+        kept.body.as_ptr(),
+        sent.as_ptr(),
+        "the memory tier keeps the buffer the client was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_disk_hit_the_memory_tier_refuses_costs_no_copy_and_leaves_memory_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    // Memory holds one 40 KB object; the disk holds two.
+    let memory = Box::leak(Box::new(MemoryStorage::with_max_object_bytes(
+        50_000, 50_000,
+    )));
+    let t: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
+        memory,
+        Some(open(dir.path(), 1 << 30)),
+    )));
+    let (a, b) = (body(40_000, 14), body(40_000, 15));
+    put(t, &key(14), &a).await;
+    put(t, &key(15), &b).await;
+    let resident = |n| {
+        t.memory()
+            .fresh_object(&key(n).combined_bin(), std::time::SystemTime::now())
+    };
+    let (keep, other) = if resident(14).is_some() {
+        (14, 15)
+    } else {
+        (15, 14)
+    };
+    // Make the resident one popular in TinyLFU's eyes, then hit the other on disk.
+    for _ in 0..5 {
+        let meta = meta_with(Some(40_000));
+        let mut miss = t
+            .memory()
+            .get_miss_handler(&key(keep), &meta, &span())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from(body(40_000, keep as u8)), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+    }
+    let rejected = t.memory().stats().rejected;
+    let (_, mut h) = hit(t, &key(other)).await.unwrap();
+    let sent = h.read_body().await.unwrap().unwrap();
+    assert_eq!(sent.len(), 40_000);
+    assert_eq!(
+        t.memory().stats().rejected,
+        rejected + 1,
+        "offered, refused"
+    );
+    assert!(resident(keep).is_some(), "the popular one stays");
+    assert!(resident(other).is_none());
+    assert_eq!(t.stats().promotions, 1);
+}
+
+#[tokio::test]
+async fn a_purge_during_a_disk_hit_cancels_its_promotion() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = body(30_000, 16);
+    put(tiered(dir.path()), &key(16), &b).await;
+    let t = tiered(dir.path());
+    let (_, mut h) = hit(t, &key(16)).await.unwrap();
+    assert!(t.purge_hash(obj(16).md5));
+    assert_eq!(
+        read_all(&mut h).await.unwrap(),
+        b,
+        "served from the open file"
+    );
+    h.finish(t, &key(16), &span()).await.unwrap();
+    assert_eq!(t.memory().stats().objects, 0, "not resurrected in memory");
+    assert!(hit(t, &key(16)).await.is_none());
 }
 
 #[tokio::test]
