@@ -288,19 +288,7 @@ impl DiskHit {
         .and_then(|r| r);
         let buf = match read {
             Ok(buf) => buf,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                let corrupt = Corrupt::Length {
-                    actual: self.body_off,
-                    expected: self.body_off + self.body_len,
-                };
-                return Err(self.fail(corrupt).await);
-            }
-            Err(e) => {
-                self.store.note_read_error(&self.obj, &e);
-                return Err(
-                    CacheError::io("read", self.obj.path(self.store.dir()), e).into_pingora()
-                );
-            }
+            Err(e) => return Err(self.read_failed(e, self.body_off).await),
         };
         self.pos = self.body_len;
         if let Some((_, want)) = self.crc.take() {
@@ -309,6 +297,20 @@ impl DiskHit {
             }
         }
         Ok(Bytes::from(buf))
+    }
+
+    /// A body read at file offset `at` that failed: a file that ends early is corrupt
+    /// (dropped, like any corrupt file); any other error is an I/O error, counted.
+    async fn read_failed(&self, e: io::Error, at: u64) -> Box<pingora_error::Error> {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            let corrupt = Corrupt::Length {
+                actual: at,
+                expected: self.body_off + self.body_len,
+            };
+            return self.fail(corrupt).await;
+        }
+        self.store.note_read_error(&self.obj, &e);
+        CacheError::io("read", self.obj.path(self.store.dir()), e).into_pingora()
     }
 
     async fn fail(&self, corrupt: Corrupt) -> Box<pingora_error::Error> {
@@ -334,21 +336,10 @@ impl HandleHit for DiskHit {
             READ_CHUNK as u64
         };
         let n = usize::try_from(n).unwrap_or(READ_CHUNK);
-        let bytes = match read_at(self.file.clone(), self.body_off + self.pos, n).await {
+        let at = self.body_off + self.pos;
+        let bytes = match read_at(self.file.clone(), at, n).await {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                let corrupt = Corrupt::Length {
-                    actual: self.body_off + self.pos,
-                    expected: self.body_off + self.body_len,
-                };
-                return Err(self.fail(corrupt).await);
-            }
-            Err(e) => {
-                self.store.note_read_error(&self.obj, &e);
-                return Err(
-                    CacheError::io("read", self.obj.path(self.store.dir()), e).into_pingora()
-                );
-            }
+            Err(e) => return Err(self.read_failed(e, at).await),
         };
         self.pos += bytes.len() as u64;
         if let Some((hasher, _)) = self.crc.as_mut() {

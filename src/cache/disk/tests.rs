@@ -235,6 +235,31 @@ async fn file_cut_short_is_a_miss_and_is_removed() {
 }
 
 #[tokio::test]
+async fn file_cut_short_after_the_hit_opened_fails_the_read_and_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    put(s, &key(5), &body(50_000, 5)).await;
+    let (_, mut hit) = s.lookup(&key(5), &span()).await.unwrap().expect("a hit");
+    // The same inode the hit has open, cut in the middle of the body.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(obj(5).path(dir.path()))
+        .unwrap();
+    file.set_len(20_000).unwrap();
+    let mut read = Vec::new();
+    let failed = loop {
+        match hit.read_body().await {
+            Ok(Some(b)) => read.extend_from_slice(&b),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(failed, "a short file must fail the read, never end cleanly");
+    assert!(read.len() < 50_000);
+    assert!(!obj(5).path(dir.path()).exists());
+}
+
+#[tokio::test]
 async fn file_with_trailing_bytes_is_a_miss_and_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
