@@ -128,6 +128,9 @@ pub struct Settings {
     /// has written is fetched from the origin at once instead of waiting (0: never).
     pub range_passthrough_ahead: u64,
     pub cache_control: String,
+    /// The headers every served image carries, as values made once per config
+    /// (`proxy::respond::decorate`), not parsed and copied again per answer.
+    pub answer: AnswerHeaders,
     pub max_path_bytes: usize,
     /// Largest request head (request line and header fields) answered; 431 beyond.
     pub max_header_bytes: usize,
@@ -138,6 +141,17 @@ pub struct Settings {
     pub tls: Option<ops::Tls>,
     /// The other mirrors: addresses, the fleet token, health checks, proxy mode.
     pub peers: crate::peers::PeerSettings,
+}
+
+/// Header values of [`Settings`], validated and built when the config is rendered.
+#[derive(Debug, Clone)]
+pub struct AnswerHeaders {
+    /// `shimmer.http.cache_control`, for 200, 206 and 304.
+    pub cache_control: http::HeaderValue,
+    /// `public, max-age=<not_found_ttl>`, for 404.
+    pub not_found_cache_control: http::HeaderValue,
+    /// `x-shimmer-node`: `shimmer.node`.
+    pub node: http::HeaderValue,
 }
 
 impl fmt::Debug for Config {

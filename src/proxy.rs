@@ -163,7 +163,7 @@ impl ProxyHttp for Mirror {
             let mut resp = ResponseHeader::build(308, Some(3))?;
             resp.insert_header(header::LOCATION, location)?;
             resp.insert_header(header::CONTENT_LENGTH, 0)?;
-            resp.insert_header("x-shimmer-node", ctx.settings.node.as_str())?;
+            resp.insert_header(respond::X_SHIMMER_NODE, ctx.settings.answer.node.clone())?;
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
@@ -234,7 +234,7 @@ impl ProxyHttp for Mirror {
                 resp.insert_header(header::CONTENT_LENGTH, 0)?;
                 // Placement follows the live weights: a browser must not remember it.
                 resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-                resp.insert_header("x-shimmer-node", ctx.settings.node.as_str())?;
+                resp.insert_header(respond::X_SHIMMER_NODE, ctx.settings.answer.node.clone())?;
                 session.write_response_header(Box::new(resp), true).await?;
                 return Ok(true);
             }
@@ -671,12 +671,8 @@ impl ProxyHttp for Mirror {
                 _ => "pass",
             },
         };
-        metrics::REQUESTS
-            .with_label_values(&[ctx.silo_label(), outcome])
-            .inc();
-        metrics::REQUEST_SECONDS
-            .with_label_values(&[outcome])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        metrics::request_done(ctx.silo_label(), outcome, seconds);
         metrics::SENT_BYTES.inc_by(session.body_bytes_sent() as u64);
         let req = session.req_header();
         tracing::info!(

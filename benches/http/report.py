@@ -22,6 +22,8 @@ SCENARIOS = (
      "4 streams", ("shimmer", "nginx", "floor")),
     ("disk", "disk", "uniform over 10,000 images (4x the memory budget) after a fill: "
      "hits from the disk tier, 64 connections", ("shimmer", "nginx", "varnish")),
+    ("https-disk", "disk", "disk over TLS 1.3, keep-alive, 64 connections (same fill)",
+     ("shimmer", "nginx", "varnish")),
 )
 SERVERS = ("shimmer", "nginx", "varnish", "floor")
 GROUPS = ("memory", "tls", "disk")
@@ -29,7 +31,7 @@ GROUPS = ("memory", "tls", "disk")
 ALIASES = {
     "all": [s[0] for s in SCENARIOS],
     "plain": ["cold", "hot20k", "hot5m", "zipf"],
-    "https": ["https-cold", "https-hot20k", "https-handshake"],
+    "https": ["https-cold", "https-hot20k", "https-handshake", "https-disk"],
     "tls": ["https-cold", "https-hot20k", "https-handshake", "h2"],
 }
 TITLES = {s[0]: s[2] for s in SCENARIOS}
@@ -63,7 +65,7 @@ def ratios(results):
         q = {}
         if peers:
             q = _over(mine, peers)
-            if scenario in ("zipf", "disk") and all(p.get("hit_ratio") is not None for p in peers):
+            if scenario in ("zipf", "disk", "https-disk") and all(p.get("hit_ratio") is not None for p in peers):
                 q["hit_points"] = 100 * (mine["hit_ratio"] - max(p["hit_ratio"] for p in peers))
         if floor:
             q["floor"] = _over(mine, [floor])

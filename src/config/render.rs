@@ -11,7 +11,7 @@ use pingora::server::configuration::ServerConf;
 use super::fixed::{server_keys, Fixed};
 use super::raw::{File, RawCache, RawShimmer};
 use super::units::ByteSize;
-use super::{ops, Config, ConfigError, Live, OriginServer, Settings};
+use super::{ops, AnswerHeaders, Config, ConfigError, Live, OriginServer, Settings};
 use crate::cache::disk::DiskConfig;
 use crate::fleet::{FleetSpec, FleetView};
 use crate::origin::path::OriginPaths;
@@ -158,8 +158,19 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
             ))
         }
     };
-    http::HeaderValue::from_str(&raw.http.cache_control)
-        .map_err(|e| ("shimmer.http.cache_control", e.to_string()))?;
+    let answer = AnswerHeaders {
+        cache_control: http::HeaderValue::from_str(&raw.http.cache_control)
+            .map_err(|e| ("shimmer.http.cache_control", e.to_string()))?,
+        not_found_cache_control: http::HeaderValue::from_str(&format!(
+            "public, max-age={}",
+            raw.cache.not_found_ttl.0.as_secs()
+        ))
+        .map_err(|e| ("shimmer.cache.not_found_ttl", e.to_string()))?,
+        node: http::HeaderValue::from_str(&node).map_err(|_| {
+            let why = format!("{node:?} cannot be sent as the x-shimmer-node header");
+            ("shimmer.node", why)
+        })?,
+    };
     let log_filter = tracing_subscriber::EnvFilter::try_new(&raw.log_level)
         .map_err(|e| ("shimmer.log_level", e.to_string()))?;
     let (admin_listen, admin) = ops::admin(&raw.admin)?;
@@ -199,6 +210,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         not_found_ttl: raw.cache.not_found_ttl.0,
         range_passthrough_ahead: raw.cache.range_passthrough_ahead.0,
         cache_control: raw.http.cache_control,
+        answer,
         max_path_bytes: raw.http.max_path_bytes,
         max_header_bytes,
         log_level: raw.log_level,

@@ -92,6 +92,30 @@ fn node_name_with_template_syntax_is_refused() {
 }
 
 #[test]
+fn node_name_that_cannot_be_a_header_value_is_refused() {
+    // Every answer names its node in x-shimmer-node; a control character cannot go there.
+    let e = error_of(&broken("node: a", "node: \"a\\u0007b\""));
+    assert!(e.contains("shimmer.node"), "{e}");
+    assert!(e.contains("x-shimmer-node"), "{e}");
+}
+
+#[test]
+fn answer_headers_are_rendered_from_the_config() {
+    let l = parse_str(&format!(
+        "{GOOD}  http:\n    cache_control: \"public, max-age=60\"\n"
+    ))
+    .expect("config");
+    let a = &l.live.settings.answer;
+    assert_eq!(a.cache_control, "public, max-age=60");
+    assert_eq!(a.node, "a");
+    let ttl = l.live.settings.not_found_ttl.as_secs();
+    assert_eq!(
+        a.not_found_cache_control,
+        format!("public, max-age={ttl}").as_str()
+    );
+}
+
+#[test]
 fn bad_listen_address_is_refused() {
     let e = error_of(&broken("[\"127.0.0.1:8080\"]", "[\"localhost:http\"]"));
     assert!(e.contains("shimmer.listen"), "{e}");

@@ -7,9 +7,10 @@
 
 use std::time::SystemTime;
 
-use http::{header, Method, Version};
+use http::response::Parts as RespParts;
+use http::{header, HeaderValue, Method, Version};
 use pingora::prelude::*;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
@@ -39,15 +40,22 @@ pub(super) async fn serve(
     let Some(object) = storage.memory_fresh_object(&key, SystemTime::now()) else {
         return Ok(false);
     };
-    let mut resp = object.header;
     // What pingora-proxy's hit path does to a stored header: an Age (RFC 9111 section 4),
     // HTTP/1.1, and chunked framing when there is no length; we leave that last case to it.
-    if resp.headers.get(header::CONTENT_LENGTH).is_none() {
+    if object.header.headers.get(header::CONTENT_LENGTH).is_none() {
         return Ok(false);
     }
-    resp.insert_header(header::AGE, object.age_secs)?;
-    resp.set_version(Version::HTTP_11);
-    super::decorate(&mut resp, settings, "HIT")?;
+    // The stored header keeps no name case (src/cache/memory/meta.rs), so nothing is lost
+    // by editing its map directly, which skips Pingora's per-insert name parsing.
+    let mut parts = RespParts::from(object.header);
+    parts.version = Version::HTTP_11;
+    parts
+        .headers
+        .insert(header::AGE, HeaderValue::from(object.age_secs));
+    for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
+        parts.headers.insert(name, value);
+    }
+    let resp = ResponseHeader::from(parts);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(object.body), true).await?;
     Ok(true)

@@ -2,7 +2,7 @@
 //! the mirror writes itself.
 
 use bytes::Bytes;
-use http::header;
+use http::{header, HeaderName, HeaderValue, StatusCode};
 use pingora::prelude::*;
 use pingora_cache::CachePhase;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -43,20 +43,39 @@ pub(super) fn object_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Res
     Ok(())
 }
 
-/// The headers every served image carries, whichever path served it.
+/// `x-shimmer-node`: which mirror answered.
+pub(super) const X_SHIMMER_NODE: HeaderName = HeaderName::from_static("x-shimmer-node");
+/// `x-cache`: HIT, MISS, ... ([`cache_status`]).
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// The headers every served image carries, whichever path served it: values made once
+/// per config ([`crate::config::AnswerHeaders`]), so an answer only clones them.
+pub(super) fn answer_headers(
+    status: StatusCode,
+    s: &Settings,
+    x_cache: &'static str,
+) -> [(HeaderName, HeaderValue); 3] {
+    let cache_control = match status.as_u16() {
+        200 | 206 | 304 => s.answer.cache_control.clone(),
+        404 => s.answer.not_found_cache_control.clone(),
+        _ => HeaderValue::from_static("no-store"),
+    };
+    [
+        (header::CACHE_CONTROL, cache_control),
+        (X_SHIMMER_NODE, s.answer.node.clone()),
+        (X_CACHE, HeaderValue::from_static(x_cache)),
+    ]
+}
+
+/// [`answer_headers`] into a header of the full path.
 pub(super) fn decorate(
     resp: &mut ResponseHeader,
     s: &Settings,
     x_cache: &'static str,
 ) -> Result<()> {
-    let cache_control = match resp.status.as_u16() {
-        200 | 206 | 304 => s.cache_control.clone(),
-        404 => format!("public, max-age={}", s.not_found_ttl.as_secs()),
-        _ => "no-store".to_owned(),
-    };
-    resp.insert_header(header::CACHE_CONTROL, cache_control)?;
-    resp.insert_header("x-shimmer-node", s.node.as_str())?;
-    resp.insert_header("x-cache", x_cache)?;
+    for (name, value) in answer_headers(resp.status, s, x_cache) {
+        resp.insert_header(name, value)?;
+    }
     Ok(())
 }
 
@@ -109,7 +128,7 @@ pub(super) async fn respond_text(
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header("x-shimmer-node", settings.node.as_str())?;
+    resp.insert_header(X_SHIMMER_NODE, settings.answer.node.clone())?;
     if reject.status == 405 {
         resp.insert_header(header::ALLOW, "GET, HEAD")?;
     }

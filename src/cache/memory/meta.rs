@@ -57,7 +57,10 @@ impl StoredMeta {
     pub(crate) fn from_parts(internal: Vec<u8>, meta: &CacheMeta) -> Self {
         Self {
             internal,
-            decoded_header: meta.response_header_copy(),
+            // Without the name-case map: a hit clones one map instead of two, and the
+            // fast path edits it in place (src/proxy/memory_hit.rs). Names then go out
+            // as Pingora writes them without case: standard ones titled, others lower.
+            decoded_header: ResponseHeader::from(meta.response_header().as_owned_parts()),
             decoded_bytes: decoded_bytes(meta),
             fresh_until: meta.fresh_until(),
             epoch: meta.epoch(),
