@@ -29,6 +29,14 @@ sub vcl_recv {
     return (hash);
 }
 
+# By URL alone, as nginx's proxy_cache_key $uri and shimmer's md5: Varnish's default
+# hash adds the Host, which differs between the plain and the TLS listener, so the
+# https-disk run after the plain one would miss everything again.
+sub vcl_hash {
+    hash_data(req.url);
+    return (lookup);
+}
+
 sub vcl_backend_response {
     # Images are addressed by their md5: cache them for as long as they live.
     if (beresp.status == 200) {
