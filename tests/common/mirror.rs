@@ -40,7 +40,14 @@ pub fn config_check(work: &Path, name: &str, yaml: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The config text of `s`. A `memory_bytes:` line in `extra_cache` replaces the default
+/// budget (256M): a fleet test can give one mirror a smaller cache than the others.
 pub fn mirror_yaml(work: &Path, s: &MirrorSpec) -> String {
+    let memory = if s.extra_cache.contains("memory_bytes:") {
+        ""
+    } else {
+        "    memory_bytes: 256M\n"
+    };
     let origins = s
         .origins
         .iter()
@@ -66,8 +73,7 @@ shimmer:
     read_timeout: 3s
 {extra_origin}
   cache:
-    memory_bytes: 256M
-    lock_timeout: 20s
+{memory}    lock_timeout: 20s
 {extra_cache}
   admin:
     listen: "127.0.0.1:{admin_port}"
