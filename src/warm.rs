@@ -25,6 +25,7 @@ use pingora::services::background::BackgroundService;
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheMeta, Storage};
 use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, OkOrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -57,6 +58,27 @@ impl WarmCopier {
         let peers = &self.shared.peers;
         let s = peers.settings();
         peers.http_peer(node, s.fleet.fill_timeout, Duration::from_secs(60))
+    }
+
+    /// A session to `peer` with its read and write timeouts. Pingora's connector leaves
+    /// them unset (pingora-proxy sets them on its own sessions): without them a frozen
+    /// peer, which accepts and never answers, held the send loop (every notice to every
+    /// peer) or a pull forever.
+    async fn session(&self, peer: &HttpPeer) -> Result<HttpSession> {
+        let (mut session, _) = self.connector.get_http_session(peer).await?;
+        let (read, write) = (peer.options.read_timeout, peer.options.write_timeout);
+        match &mut session {
+            HttpSession::H1(s) => {
+                s.read_timeout = read;
+                s.write_timeout = write;
+            }
+            HttpSession::H2(s) => {
+                s.read_timeout = read;
+                s.write_timeout = write;
+            }
+            HttpSession::Custom(_) => {}
+        }
+        Ok(session)
     }
 
     /// The send loop: every `batch_wait`, or as soon as a batch is full.
@@ -112,7 +134,7 @@ impl WarmCopier {
         req.insert_header(header::HOST, self.shared.peers.host(node))?;
         req.insert_header(header::CONTENT_LENGTH, body.len())?;
         req.insert_header(header::CONTENT_TYPE, "text/plain")?;
-        let (mut session, _) = self.connector.get_http_session(&peer).await?;
+        let mut session = self.session(&peer).await?;
         session.write_request_header(Box::new(req)).await?;
         session.write_request_body(body, true).await?;
         session.finish_request_body().await?;
@@ -168,8 +190,9 @@ impl WarmCopier {
             return;
         }
         let result = match self.copy(from, obj).await {
-            Ok(true) => "copied",
-            Ok(false) => "gone",
+            Ok(Copy::Stored) => "copied",
+            Ok(Copy::Gone) => "gone",
+            Ok(Copy::TooLarge) => "too_large",
             Err(e) => {
                 tracing::debug!("warm copy of {}/{} from {from}: {e}", obj.silo, obj.hex());
                 "failed"
@@ -178,8 +201,9 @@ impl WarmCopier {
         metrics::WARM_COPIES.with_label_values(&[result]).inc();
     }
 
-    /// Copies `obj` from `from` into the cache. `Ok(false)`: `from` no longer holds it.
-    async fn copy(&self, from: &str, obj: ObjectRef) -> Result<bool> {
+    /// Copies `obj` from `from` into the cache. A copy whose body ends early is an
+    /// error and stores nothing: the miss handler dropped unfinished aborts the fill.
+    async fn copy(&self, from: &str, obj: ObjectRef) -> Result<Copy> {
         let peer = self
             .peer(from)
             .or_err(ErrorType::ConnectNoRoute, "peer not resolved")?;
@@ -188,7 +212,7 @@ impl WarmCopier {
         req.insert_header(header::HOST, self.shared.peers.host(from))?;
         req.insert_header(HOP_HEADER, self.shared.peers.hop_marker(obj))?;
         req.insert_header(header::CACHE_CONTROL, "only-if-cached")?;
-        let (mut session, _) = self.connector.get_http_session(&peer).await?;
+        let mut session = self.session(&peer).await?;
         session.write_request_header(Box::new(req)).await?;
         session.finish_request_body().await?;
         session.read_response_header().await?;
@@ -201,22 +225,28 @@ impl WarmCopier {
             self.connector
                 .release_http_session(session, &peer, peer.idle_timeout())
                 .await;
-            return Ok(false);
+            return Ok(Copy::Gone);
         }
         for h in crate::peers::MIRROR_HEADERS {
             resp.remove_header(h);
         }
-        let storage = &self.shared.cache.storage;
-        let settings = self.shared.settings.load();
-        let max = storage.max_file_size_bytes(settings.max_object_bytes);
         let declared = resp
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_none() && !is_chunked(&resp) {
+            // Read to the close, a body cut short looks whole: never store one.
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "copy without Content-Length or chunked framing",
+            );
+        }
+        let storage = &self.shared.cache.storage;
+        let max = self.max_copy_bytes();
         if declared.is_some_and(|l| l > max) {
-            // Too large to keep: not worth a copy.
-            return Ok(false);
+            // Too large to keep: the connection is dropped before the body comes.
+            return Ok(Copy::TooLarge);
         }
         let now = SystemTime::now();
         let meta = CacheMeta::new(now + crate::cache::IMMUTABLE_TTL, now, 0, 0, resp);
@@ -227,7 +257,8 @@ impl WarmCopier {
         while let Some(chunk) = session.read_response_body().await? {
             bytes += chunk.len() as u64;
             if bytes > max {
-                return Error::e_explain(ErrorType::ReadError, "copy larger than the cache takes");
+                // Dropping the handler unfinished aborts the fill.
+                return Ok(Copy::TooLarge);
             }
             self.pace(chunk.len()).await;
             handler.write_body(chunk, false).await?;
@@ -241,7 +272,18 @@ impl WarmCopier {
         self.connector
             .release_http_session(session, &peer, peer.idle_timeout())
             .await;
-        Ok(true)
+        Ok(Copy::Stored)
+    }
+
+    /// The largest body a copy may have: what the disk tier takes when there is one,
+    /// else what the memory tier holds (its cap is fixed at start, clamped to its
+    /// budget; the setting may have been lowered since). Without this a copy larger
+    /// than the memory budget was read whole into memory and then not stored.
+    fn max_copy_bytes(&self) -> u64 {
+        let storage = &self.shared.cache.storage;
+        let setting = self.shared.settings.load().max_object_bytes;
+        let memory = u64::try_from(storage.memory().max_object_bytes()).unwrap_or(u64::MAX);
+        storage.max_file_size_bytes(setting.min(memory))
     }
 
     /// Waits until `n` more bytes fit the bandwidth bound.
@@ -261,6 +303,26 @@ impl WarmCopier {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// How a copy ended, when it did not fail.
+enum Copy {
+    Stored,
+    /// The owner no longer holds the object (it answered other than 200).
+    Gone,
+    /// Larger than this node's cache takes.
+    TooLarge,
+}
+
+/// Whether a response's body is chunked (its end is marked, a cut is seen).
+fn is_chunked(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// Runs both loops; a node with warm copies off still drains what it was sent (nothing:

@@ -19,42 +19,17 @@ use shimmer::object::{Md5, ObjectRef, Silo};
 /// Only so that a broken build fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(120);
 
-fn mirror_yaml(
-    work: &Path,
-    port: u16,
-    admin: u16,
-    dsn: &str,
-    origin: &str,
-    cache: &Path,
-    reconcile: &str,
-) -> String {
-    format!(
-        r#"
-threads: 2
-pid_file: {work}/shimmer-{port}.pid
-upgrade_sock: {work}/shimmer-{port}.sock
-grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1
-shimmer:
-  node: "a"
-  listen: ["127.0.0.1:{port}"]
-  source: "{dsn}"
-  sync:
-    interval: 200ms
-    reconcile: {reconcile}
-  origin:
-    servers: ["http://{origin}"]
-  cache:
-    memory_bytes: 64M
-    dir: {cache}
-    disk_bytes: 10G
-  admin:
-    listen: "127.0.0.1:{admin}"
-  log_level: info
-"#,
-        work = path_str(work),
-        cache = path_str(cache),
-    )
+/// The mirror of these tests: node `a` on Shimmie's database `dsn` (no static
+/// templates), reconciling with `reconcile`, a disk tier in `cache`.
+fn mirror_spec(dsn: &str, origin: &Origin, cache: &Path, reconcile: &str) -> OpsSpec {
+    let mut spec = OpsSpec::new(origin.addr);
+    spec.static_templates = false;
+    // The origin's default timeouts, as these tests always had.
+    spec.origin_yaml = Some(format!("    servers: [\"http://{}\"]\n", origin.addr));
+    spec.shimmer_extra =
+        format!("  source: \"{dsn}\"\n  sync:\n    interval: 200ms\n    reconcile: {reconcile}\n");
+    spec.cache_extra = format!("    dir: {}\n    disk_bytes: 10G\n", path_str(cache));
+    spec
 }
 
 struct Rig {
@@ -64,19 +39,12 @@ struct Rig {
 }
 
 fn start(work: &Path, dsn: &str, origin: &Origin, cache: &Path, reconcile: &str) -> Rig {
-    let (port, admin) = (free_port(), free_port());
-    let yaml = mirror_yaml(
-        work,
-        port,
-        admin,
-        dsn,
-        &origin.addr.to_string(),
-        cache,
-        reconcile,
-    );
+    let spec = mirror_spec(dsn, origin, cache, reconcile);
     Rig {
-        mirror: Mirror::start_yaml(work, port, &yaml),
-        admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+        mirror: Mirror::start_yaml(work, spec.port, &spec.yaml(work)),
+        admin: format!("127.0.0.1:{}", spec.admin_port)
+            .parse()
+            .expect("addr"),
         cache: cache.to_owned(),
     }
 }

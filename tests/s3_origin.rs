@@ -16,7 +16,27 @@ use common::*;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
-/// A mirror owning everything, its origin the bucket; with credentials from `creds`.
+/// A mirror owning everything on `port` (admin on `admin`), its origin the bucket;
+/// with credentials from `creds`.
+fn s3_spec(port: u16, admin: u16, moto: SocketAddr, bucket: &str, creds: Option<&Path>) -> OpsSpec {
+    let cred_lines = creds.map_or(String::new(), |d| {
+        format!(
+            "      access_key_id_file: {}\n      secret_access_key_file: {}\n",
+            path_str(&d.join("access_key_id")),
+            path_str(&d.join("secret_access_key"))
+        )
+    });
+    let mut spec = OpsSpec::new(moto);
+    spec.port = port;
+    spec.admin_port = admin;
+    spec.image_ilink = format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext");
+    spec.origin_yaml = Some(format!(
+        "    s3:\n      endpoint: \"http://{moto}\"\n      bucket: \"{bucket}\"\n      path_style: true\n\
+         {cred_lines}    connect_timeout: 2s\n    read_timeout: 10s\n"
+    ));
+    spec
+}
+
 fn s3_yaml(
     work: &Path,
     port: u16,
@@ -25,42 +45,7 @@ fn s3_yaml(
     bucket: &str,
     creds: Option<&Path>,
 ) -> String {
-    let cred_lines = creds.map_or(String::new(), |d| {
-        format!(
-            "      access_key_id_file: {}\n      secret_access_key_file: {}\n",
-            path_str(&d.join("access_key_id")),
-            path_str(&d.join("secret_access_key"))
-        )
-    });
-    format!(
-        r#"
-threads: 2
-pid_file: {work}/shimmer-{port}.pid
-upgrade_sock: {work}/shimmer-{port}.sock
-grace_period_seconds: 1
-graceful_shutdown_timeout_seconds: 1
-shimmer:
-  node: "a"
-  listen: ["127.0.0.1:{port}"]
-  static:
-    image_ilink: "http://127.0.0.1:{port}/_images/$hash/$id.$ext"
-    image_tlink: "http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"
-  origin:
-    s3:
-      endpoint: "http://{moto}"
-      bucket: "{bucket}"
-      path_style: true
-{cred_lines}    connect_timeout: 2s
-    read_timeout: 10s
-  cache:
-    memory_bytes: 64M
-    lock_timeout: 20s
-  admin:
-    listen: "127.0.0.1:{admin}"
-  log_level: info
-"#,
-        work = path_str(work),
-    )
+    s3_spec(port, admin, moto, bucket, creds).yaml(work)
 }
 
 fn start_mirror(work: &Path, moto: SocketAddr, bucket: &str, creds: Option<&Path>) -> OpsMirror {

@@ -40,7 +40,14 @@ pub fn config_check(work: &Path, name: &str, yaml: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The config text of `s`. A `memory_bytes:` line in `extra_cache` replaces the default
+/// budget (256M): a fleet test can give one mirror a smaller cache than the others.
 pub fn mirror_yaml(work: &Path, s: &MirrorSpec) -> String {
+    let memory = if s.extra_cache.contains("memory_bytes:") {
+        ""
+    } else {
+        "    memory_bytes: 256M\n"
+    };
     let origins = s
         .origins
         .iter()
@@ -66,8 +73,7 @@ shimmer:
     read_timeout: 3s
 {extra_origin}
   cache:
-    memory_bytes: 256M
-    lock_timeout: 20s
+{memory}    lock_timeout: 20s
 {extra_cache}
   admin:
     listen: "127.0.0.1:{admin_port}"
@@ -124,6 +130,12 @@ pub struct OpsSpec {
     pub image_ilink: String,
     pub admin_port: u16,
     pub origins: Vec<String>,
+    /// The keys under `shimmer.origin:`, each line indented four spaces, instead of
+    /// `servers: <origins>` with short timeouts (e.g. an `s3:` section).
+    pub origin_yaml: Option<String>,
+    /// Whether `shimmer.static` carries the templates (off: a database source's
+    /// `config` table is the only one).
+    pub static_templates: bool,
     /// `log_level` under `shimmer:`.
     pub log_level: String,
     /// More keys under `shimmer.admin:`, each line indented four spaces.
@@ -146,6 +158,8 @@ impl OpsSpec {
             image_ilink: format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext"),
             admin_port: free_port(),
             origins: vec![format!("http://{origin}")],
+            origin_yaml: None,
+            static_templates: true,
             log_level: "info".into(),
             admin_extra: String::new(),
             cache_extra: String::new(),
@@ -162,6 +176,17 @@ impl OpsSpec {
             .map(|o| format!("\"{o}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let origin = self.origin_yaml.clone().unwrap_or_else(|| {
+            format!("    servers: [{origins}]\n    connect_timeout: 1s\n    read_timeout: 5s\n")
+        });
+        let templates = if self.static_templates {
+            format!(
+                "  static:\n    image_ilink: \"{}\"\n    image_tlink: \"http://127.0.0.1:{}/_thumbs/$hash/thumb.$ext\"\n",
+                self.image_ilink, self.port
+            )
+        } else {
+            String::new()
+        };
         format!(
             r#"# written by an ops test
 threads: 2
@@ -173,14 +198,8 @@ graceful_shutdown_timeout_seconds: 1
 shimmer:
   node: "a"
   listen: ["127.0.0.1:{port}"]
-  static:
-    image_ilink: "{ilink}"
-    image_tlink: "http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"
-  origin:
-    servers: [{origins}]
-    connect_timeout: 1s
-    read_timeout: 5s
-  cache:
+{templates}  origin:
+{origin}  cache:
     memory_bytes: 64M
     lock_timeout: 20s
 {cache_extra}
@@ -195,7 +214,6 @@ shimmer:
             admin = self.admin_port,
             top_extra = self.top_extra,
             grace = self.grace_period_seconds,
-            ilink = self.image_ilink,
             admin_extra = self.admin_extra,
             cache_extra = self.cache_extra,
             shimmer_extra = self.shimmer_extra,

@@ -8,13 +8,15 @@
 //! - [`http`]: the raw HTTP/1.1 and TLS client, certificates, [`client`];
 //! - [`wait`]: polling to a deadline instead of sleeping;
 //! - [`fleet`]: several mirrors of one fleet, by port;
+//! - [`fake_peer`]: a misbehaving peer (answers cut short, on purpose);
 //! - [`db`]: private PostgreSQL/MariaDB servers and SQLite files (the sync tests);
 //! - [`s3`]: moto's S3 server and buckets filled as Shimmie's ext/s3 fills them.
 //!
-//! Everything but `db` and `s3` is re-exported here, so tests `use common::*;`.
+//! Everything but `db`, `s3` and `fake_peer` is re-exported here, so tests `use common::*;`.
 #![allow(dead_code)]
 
 pub mod db;
+pub mod fake_peer;
 pub mod fleet;
 pub mod http;
 pub mod mirror;
