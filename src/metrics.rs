@@ -119,7 +119,7 @@ metric!(WARM_NOTICES: IntCounterVec = register_int_counter_vec!(
 
 metric!(WARM_COPIES: IntCounterVec = register_int_counter_vec!(
     "shimmer_warm_copies_total",
-    "Warm copies pulled from the other owner, by result (copied; held: already here; gone: the owner no longer had it; too_large: more than this cache takes; failed).",
+    "Warm copies pulled from the other owner, by result (copied; held: already here; gone: the owner no longer had it; too_large: more than this cache takes; not_admitted: copied whole but kept by no tier, as the memory tier's admission refused it; failed).",
     &["result"]
 ));
 
@@ -354,7 +354,14 @@ pub fn init() {
     for direction in ["sent", "received"] {
         WARM_NOTICES.with_label_values(&[direction]);
     }
-    for result in ["copied", "held", "gone", "too_large", "failed"] {
+    for result in [
+        "copied",
+        "held",
+        "gone",
+        "too_large",
+        "not_admitted",
+        "failed",
+    ] {
         WARM_COPIES.with_label_values(&[result]);
     }
     Lazy::force(&WARM_BYTES);

@@ -22,6 +22,7 @@ use http::header;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora_cache::storage::MissFinishType;
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheMeta, Storage};
 use pingora_core::connectors::http::Connector;
@@ -193,6 +194,7 @@ impl WarmCopier {
             Ok(Copy::Stored) => "copied",
             Ok(Copy::Gone) => "gone",
             Ok(Copy::TooLarge) => "too_large",
+            Ok(Copy::NotAdmitted) => "not_admitted",
             Err(e) => {
                 tracing::debug!("warm copy of {}/{} from {from}: {e}", obj.silo, obj.hex());
                 "failed"
@@ -267,12 +269,17 @@ impl WarmCopier {
             return Error::e_explain(ErrorType::ReadError, "copy ended short");
         }
         handler.write_body(Bytes::new(), true).await?;
-        handler.finish().await?;
+        let kept = handler.finish().await?;
         metrics::WARM_BYTES.inc_by(bytes);
         self.connector
             .release_http_session(session, &peer, peer.idle_timeout())
             .await;
-        Ok(Copy::Stored)
+        // The tiers charge what they keep: nothing charged is a copy no tier admitted
+        // (the memory tier's TinyLFU said no and there is no disk tier).
+        Ok(match kept {
+            MissFinishType::Created(0) => Copy::NotAdmitted,
+            _ => Copy::Stored,
+        })
     }
 
     /// The largest body a copy may have: what the disk tier takes when there is one,
@@ -312,6 +319,8 @@ enum Copy {
     Gone,
     /// Larger than this node's cache takes.
     TooLarge,
+    /// Copied whole, but no tier kept it.
+    NotAdmitted,
 }
 
 /// Whether a response's body is chunked (its end is marked, a cut is seen).

@@ -23,7 +23,14 @@ use shimmer::peers::hop::FleetToken;
 const HEALTH: &str =
     "  health:\n    interval: 200ms\n    timeout: 300ms\n    rise: 1\n    fall: 1000\n";
 
-const COPY_RESULTS: [&str; 5] = ["copied", "held", "gone", "too_large", "failed"];
+const COPY_RESULTS: [&str; 6] = [
+    "copied",
+    "held",
+    "gone",
+    "too_large",
+    "not_admitted",
+    "failed",
+];
 
 /// The config lines under `shimmer:` every mirror here gets (beyond `mirror_yaml`).
 fn fleet_lines(work: &Path, warm: &str) -> String {
@@ -43,6 +50,18 @@ fn start_member(
     cache: &str,
     warm: &str,
 ) -> Mirror {
+    let yaml = member_yaml(work, origin, port, ports, cache, warm);
+    Mirror::start_yaml(work, port, &yaml)
+}
+
+fn member_yaml(
+    work: &Path,
+    origin: SocketAddr,
+    port: u16,
+    ports: &[u16],
+    cache: &str,
+    warm: &str,
+) -> String {
     let weights = vec![5; ports.len()];
     let yaml = mirror_yaml(
         work,
@@ -56,7 +75,7 @@ fn start_member(
             extra_origin: "",
         },
     );
-    Mirror::start_yaml(work, port, &format!("{yaml}{}", fleet_lines(work, warm)))
+    format!("{yaml}{}", fleet_lines(work, warm))
 }
 
 fn metric(m: &Mirror, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -347,6 +366,108 @@ fn a_warm_copy_larger_than_the_receivers_cache_is_refused_and_evicts_nothing() {
     assert_eq!(evictions(), evicted_before, "serving it evicted something");
     let health = http_get(small.admin_addr(), "/healthz").expect("healthz");
     assert_eq!(health.status, 200);
+}
+
+/// A copy that fits the cache but that the memory tier's admission refuses (its hot
+/// set is read far more often than a newcomer, and there is no disk tier) is pulled
+/// whole, kept by no tier, and counted as `not_admitted`, never as `copied`; the hot
+/// set stays.
+#[test]
+fn a_warm_copy_no_tier_admits_is_counted_not_admitted_and_the_hot_set_stays() {
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::write(work.path().join("fleet.token"), FLEET_TOKEN).expect("token file");
+    let data = DataDir::new(work.path().join("data"));
+    let origin = Origin::start(&data.dir, work.path());
+    let (big_port, small_port) = (free_port(), free_port());
+    let ports = [big_port, small_port];
+    let warm = "      batch_wait: 50ms\n";
+    let big = start_member(work.path(), origin.addr, big_port, &ports, "", warm);
+    let token = work.path().join("purge.token");
+    std::fs::write(&token, "purge-token-for-the-warm-test\n").expect("token file");
+    let yaml = member_yaml(
+        work.path(),
+        origin.addr,
+        small_port,
+        &ports,
+        "    memory_bytes: 1M\n",
+        warm,
+    )
+    .replacen(
+        "  admin:\n",
+        &format!("  admin:\n    token_file: \"{}\"\n", path_str(&token)),
+        1,
+    );
+    let small = Mirror::start_yaml(work.path(), small_port, &yaml);
+    // The small mirror's own hot set fills its memory. TinyUFO's TinyLFU counts
+    // admissions (not reads), so each image is filled twice (filled, purged, filled):
+    // more popular than any newcomer, which its admission then refuses.
+    let mine: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let hash = test_hash(700 + i);
+            let bytes = jpeg_bytes(220_000, 700 + i);
+            data.put("_images", &hash, &bytes);
+            (hash, bytes)
+        })
+        .collect();
+    for (hash, _) in &mine {
+        assert_eq!(get_image(&small, hash).0, 200);
+        let body = format!("{{\"hashes\": [\"{hash}\"]}}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer purge-token-for-the-warm-test"),
+        ];
+        let r = http_request(
+            small.admin_addr(),
+            "POST",
+            "/purge",
+            &headers,
+            body.as_bytes(),
+        )
+        .expect("POST /purge");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for _ in 0..6 {
+        for (hash, bytes) in &mine {
+            let (status, _, body) = get_image(&small, hash);
+            assert_eq!(status, 200);
+            assert_eq!(sha256(&body), sha256(bytes));
+        }
+    }
+    let copies_before = copies(&small);
+    let bytes_before = metric(&small, "shimmer_warm_bytes_total", &[]);
+
+    // A newcomer filled at the other owner; its notice makes the small mirror pull it.
+    let hash = test_hash(799);
+    let whole = jpeg_bytes(300_000, 799);
+    data.put("_images", &hash, &whole);
+    let (status, _, body) = get_image(&big, &hash);
+    assert_eq!(status, 200);
+    assert_eq!(sha256(&body), sha256(&whole));
+    let after = wait_pulls(&small, &copies_before, 1.0);
+    assert_eq!(
+        after["not_admitted"] - copies_before["not_admitted"],
+        1.0,
+        "counted as not admitted: {after:?}"
+    );
+    assert_eq!(
+        after["copied"], copies_before["copied"],
+        "counted as copied"
+    );
+    assert_eq!(
+        metric(&small, "shimmer_warm_bytes_total", &[]) - bytes_before,
+        whole.len() as f64,
+        "the body was pulled whole"
+    );
+    assert!(!held(&small, &hash), "the refused copy is held");
+    for (hash, bytes) in &mine {
+        let (status, x_cache, body) = get_image(&small, hash);
+        assert_eq!(
+            (status, x_cache.as_str()),
+            (200, "HIT"),
+            "{hash} still held"
+        );
+        assert_eq!(sha256(&body), sha256(bytes));
+    }
 }
 
 /// Three mirrors whose notices go out only when a peer's batch of 3 is full (the batch

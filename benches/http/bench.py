@@ -158,6 +158,7 @@ def run_group(args, ctx, group, names, results, tls_info):
             server = servers.start(name, args, ctx, mode)
             tls_info.setdefault(name, server.tls)
             for scenario in wanted:
+                args.profile_name = f"{name}-{scenario}"
                 per[scenario] = run_scenario(args, ctx, server, scenario)
         except (BenchError, OSError, subprocess.SubprocessError) as e:
             log(f"{name}: FAILED: {e}")
@@ -220,6 +221,9 @@ def parse_args():
     p.add_argument("--zipf-s", type=float, default=0.9)
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--cold", type=int, default=1000, help="concurrent cold requests")
+    p.add_argument("--perf", metavar="DIR",
+                   help="record `perf record -g` of the server's processes during each "
+                        "measured run into DIR/<server>-<scenario>-<run>.data")
     p.add_argument("--scenarios", default="all",
                    help="comma-separated scenarios, or "
                         + ", ".join(f"{k} ({'+'.join(v)})" for k, v in report.ALIASES.items()
@@ -245,6 +249,9 @@ def parse_args():
         tools.update(need.get(name, {}))
     if "h2" in wanted:
         tools["h2load"] = args.h2load
+    if args.perf:
+        tools["perf"] = shutil.which("perf")
+        os.makedirs(args.perf, exist_ok=True)
     missing = [f"{k} ({v})" for k, v in tools.items() if not v or not os.access(v, os.X_OK)]
     if missing:
         p.error("missing: " + ", ".join(missing) + " (`make bench` builds and installs them)")

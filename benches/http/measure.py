@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import time
 import urllib.request
 
 import corpus
-from servers import CLK_TCK, BenchError, origin_requests, pinned, tree_bytes
+from servers import (CLK_TCK, BenchError, origin_requests, pinned, session_processes,
+                     tree_bytes)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Response headers are a few hundred bytes; anything past this per response is wrong.
@@ -81,6 +83,36 @@ class MemorySampler(threading.Thread):
         self.join()
         self.sample()
         return self.peak
+
+
+class Profile:
+    """`--perf DIR`: `perf record -g` of the server's processes for one measured run,
+    written to DIR/<server>-<scenario>-<n>.data (n counts the runs), for
+    `perf report -i`. Off (a no-op) without --perf."""
+
+    def __init__(self, args, server):
+        self.proc = None
+        if not getattr(args, "perf", None):
+            return
+        pids = ",".join(pid for p in server.procs for pid, _ in session_processes(p.pid))
+        name = getattr(args, "profile_name", server.name)
+        n = 1
+        while os.path.exists(os.path.join(args.perf, f"{name}-{n}.data")):
+            n += 1
+        out = os.path.join(args.perf, f"{name}-{n}.data")
+        # perf itself runs off the server's core; its sampling still costs the server
+        # a little, so numbers from a profiled run are not for the table.
+        mine = {int(c) for c in (server.cpus or "").split(",") if c}
+        others = sorted(set(os.sched_getaffinity(0)) - mine)
+        cmd = ["perf", "record", "-g", "-q", "-o", out, "-p", pids]
+        self.proc = subprocess.Popen(pinned(cmd, ",".join(map(str, others)) or None),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)  # perf attaches before the load starts
+
+    def finish(self):
+        if self.proc:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
 
 
 def run_wrk(args, url, conns, seconds, cpus, script="report.lua", script_args=()):
@@ -176,9 +208,11 @@ def measure_once(args, server, origin_port, run, conns, size=None):
     share = CoreShare(server)
     memory = MemorySampler(server)
     memory.start()
+    profile = Profile(args, server)
     try:
         result = run()
     finally:
+        profile.finish()
         peak_memory = memory.finish()
     cpu = server.cpu_seconds() - cpu_before
     origin = origin_requests(origin_port) - origin_before
