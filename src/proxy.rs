@@ -20,6 +20,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 mod fill;
 mod http1;
 pub use http1::listener;
+mod direct;
+mod disk_hit;
 mod memory_hit;
 mod range;
 mod respond;
@@ -64,6 +66,16 @@ pub enum Outcome {
     Error,
 }
 
+/// How a fast path (`proxy/memory_hit.rs`, `proxy/disk_hit.rs`) answered a hit before
+/// pingora-cache ran.
+#[derive(Debug, Clone, Copy)]
+enum FastHit {
+    /// Through Pingora's writer (TLS, HTTP/2).
+    Pingora,
+    /// Written on the socket directly (`proxy/direct.rs`): Pingora saw no response.
+    Direct(direct::Sent),
+}
+
 /// Per-request state: the snapshot of the settings and what was learned on the way.
 pub struct RequestCtx {
     settings: Arc<Settings>,
@@ -72,8 +84,8 @@ pub struct RequestCtx {
     /// Origins tried so far for this request (the next one is `origins[tries % n]`).
     origin_tries: usize,
     origin_started: Option<Instant>,
-    /// Answered by the memory-hit fast path (pingora-cache never ran).
-    memory_hit: bool,
+    /// Answered by a fast path (pingora-cache never ran).
+    fast_hit: Option<FastHit>,
     /// Where the request is served (a peer in proxy mode, or here).
     route: Route,
     /// The peer the current upstream attempt goes to; `None`: an origin.
@@ -119,7 +131,7 @@ impl ProxyHttp for Mirror {
             outcome: Outcome::Pending,
             origin_tries: 0,
             origin_started: None,
-            memory_hit: false,
+            fast_hit: None,
             route: Route::Here,
             peer: None,
             peer_started: None,
@@ -248,9 +260,16 @@ impl ProxyHttp for Mirror {
             Route::Here => {}
         }
         ctx.only_if_cached = only_if_cached(session.req_header());
-        if memory_hit::serve(session, &self.shared.cache.storage, &media, &ctx.settings).await? {
+        let storage = &self.shared.cache.storage;
+        let mut fast = memory_hit::serve(session, storage, &media, &ctx.settings).await?;
+        if fast.is_none() {
+            fast = disk_hit::serve(session, storage, &media, &ctx.settings)
+                .await
+                .map(FastHit::Direct);
+        }
+        if fast.is_some() {
             ctx.outcome = Outcome::Served;
-            ctx.memory_hit = true;
+            ctx.fast_hit = fast;
             ctx.media = Some(media);
             return Ok(true);
         }
@@ -644,7 +663,13 @@ impl ProxyHttp for Mirror {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let (status, body_bytes) = match ctx.fast_hit {
+            Some(FastHit::Direct(sent)) => (200, sent.body_bytes),
+            _ => (
+                session.response_written().map_or(0, |r| r.status.as_u16()),
+                session.body_bytes_sent() as u64,
+            ),
+        };
         range::observe(ctx, session.body_bytes_sent());
         if e.is_none() && ctx.from_origin && status == 200 {
             if let (CachePhase::Miss, Some(media)) = (session.cache.phase(), &ctx.media) {
@@ -659,7 +684,11 @@ impl ProxyHttp for Mirror {
             Outcome::Served if ctx.peer.is_some() => "proxy",
             Outcome::Served if status == 404 => "not_found",
             Outcome::Served if status >= 500 => "error",
-            Outcome::Served if ctx.memory_hit => "hit",
+            // Like a downstream write error on the full path.
+            Outcome::Served if matches!(ctx.fast_hit, Some(FastHit::Direct(s)) if !s.complete) => {
+                "error"
+            }
+            Outcome::Served if ctx.fast_hit.is_some() => "hit",
             Outcome::Served => match session.cache.phase() {
                 CachePhase::Hit | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
                     "hit"
@@ -673,7 +702,7 @@ impl ProxyHttp for Mirror {
         };
         let seconds = ctx.started.elapsed().as_secs_f64();
         metrics::request_done(ctx.silo_label(), outcome, seconds);
-        metrics::SENT_BYTES.inc_by(session.body_bytes_sent() as u64);
+        metrics::SENT_BYTES.inc_by(body_bytes);
         let req = session.req_header();
         tracing::info!(
             target: "shimmer::access",
@@ -682,7 +711,7 @@ impl ProxyHttp for Mirror {
             req.method,
             req.uri.path(),
             status,
-            session.body_bytes_sent(),
+            body_bytes,
             ctx.started.elapsed().as_secs_f64() * 1000.0,
         );
     }

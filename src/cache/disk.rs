@@ -48,6 +48,7 @@ mod legacy;
 mod nowait;
 mod publish;
 mod scan;
+mod sendable;
 mod storage;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -59,6 +60,8 @@ mod tests_purge;
 mod tests_races;
 #[cfg(test)]
 mod tests_scan;
+#[cfg(test)]
+mod tests_sendable;
 mod upkeep;
 
 use std::collections::HashSet;
@@ -81,6 +84,8 @@ use crate::cache::{unix_now, LogEvery};
 use format::Corrupt;
 use index::{blocks_for, BLOCK};
 use io::Found;
+pub(crate) use nowait::page_cached;
+pub use sendable::SendableHit;
 use upkeep::Books;
 
 /// How the disk tier is set up (from `shimmer.cache`).
@@ -119,6 +124,8 @@ pub struct DiskStats {
     pub rebuild_scanned: u64,
     pub rebuild_done: bool,
     pub rebuild_millis: u64,
+    /// Hits sent from the page cache without a read ([`SendableHit`]).
+    pub sendable_hits: u64,
     /// Whether the tier takes new fills right now.
     pub writable: bool,
 }
@@ -129,6 +136,7 @@ struct Counters {
     /// blocking pool.
     inline_lookups: AtomicU64,
     blocking_lookups: AtomicU64,
+    sendable_hits: AtomicU64,
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
     write_errors: AtomicU64,
@@ -317,6 +325,7 @@ impl DiskStorage {
             rebuild_scanned: get(&c.scanned),
             rebuild_done: c.rebuild_done.load(Ordering::Acquire),
             rebuild_millis: get(&c.rebuild_millis),
+            sendable_hits: get(&c.sendable_hits),
             writable: self.is_accepting_writes(),
         }
     }

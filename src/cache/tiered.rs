@@ -36,7 +36,7 @@ use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
 
 use crate::cache::declared_len;
-use crate::cache::disk::{DiskStats, DiskStorage};
+use crate::cache::disk::{DiskStats, DiskStorage, SendableHit};
 use crate::cache::memory::{FreshObject, MemoryStats, MemoryStorage, StoredMeta};
 use crate::cache::stream::StreamFill;
 use crate::cache::{FillProgress, FillRegistry};
@@ -205,6 +205,17 @@ impl TieredStorage {
             return None;
         }
         self.memory.fresh_object(key, now)
+    }
+
+    /// A disk hit that can be sent from the page cache without a read (see
+    /// `cache/disk/sendable.rs`), unless a fill for it is in progress (it would be newer).
+    /// Asked after the memory tier had no fresh copy.
+    pub fn disk_sendable(&self, obj: ObjectRef) -> Option<SendableHit> {
+        let disk = self.disk?;
+        if self.fill_progress(&obj.key_hash()).is_some() {
+            return None;
+        }
+        disk.lookup_sendable(obj)
     }
 
     /// Whether a body of `body_len` with a meta the memory tier charges `meta_len` for

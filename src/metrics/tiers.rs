@@ -63,7 +63,7 @@ struct DiskMetric {
     value: fn(&TieredStats, &DiskStats) -> f64,
 }
 
-const DISK_METRICS: [DiskMetric; 15] = [
+const DISK_METRICS: [DiskMetric; 16] = [
     DiskMetric {
         name: "shimmer_cache_reserved_bytes",
         help: "Bytes reserved in a cache tier by fills in progress (disk tier).",
@@ -112,6 +112,13 @@ const DISK_METRICS: [DiskMetric; 15] = [
         counter: true,
         per_tier: true,
         value: |_, d| d.adopted as f64,
+    },
+    DiskMetric {
+        name: "shimmer_cache_sendfile_hits_total",
+        help: "Disk hits sent from the page cache with sendfile, the body never read into the mirror (plain HTTP/1.1; TLS and HTTP/2 hits are read).",
+        counter: true,
+        per_tier: true,
+        value: |_, d| d.sendable_hits as f64,
     },
     DiskMetric {
         name: "shimmer_cache_rebuild_scanned_total",
@@ -327,6 +334,7 @@ mod tests {
             rebuild_scanned: 7,
             rebuild_done: true,
             rebuild_millis: 1500,
+            sendable_hits: 12,
             writable: true,
             ..DiskStats::default()
         };
@@ -355,6 +363,7 @@ mod tests {
             "shimmer_cache_purged_total{tier=\"disk\"} 5",
             "shimmer_cache_adopted_total{tier=\"disk\"} 6",
             "shimmer_cache_rebuild_scanned_total{tier=\"disk\"} 7",
+            "shimmer_cache_sendfile_hits_total{tier=\"disk\"} 12",
             "shimmer_cache_rebuild_done{tier=\"disk\"} 1",
             "shimmer_cache_rebuild_duration_seconds{tier=\"disk\"} 1.5",
             "shimmer_cache_disk_fills 1",

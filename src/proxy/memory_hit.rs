@@ -12,6 +12,8 @@ use http::{header, HeaderValue, Method, Version};
 use pingora::prelude::*;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::direct::Socket;
+use super::FastHit;
 use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
 use crate::request::MediaRequest;
@@ -26,24 +28,26 @@ pub(super) fn eligible(req: &RequestHeader) -> bool {
         })
 }
 
-/// Answers the request from memory if it can: `Ok(true)` when the response was written.
+/// Answers the request from memory if it can: `Some` when the response was written,
+/// on the socket directly over plain HTTP/1.1 (one `writev`, see [`super::direct`]),
+/// through Pingora's writer otherwise.
 pub(super) async fn serve(
     session: &mut Session,
     storage: &TieredStorage,
     media: &MediaRequest,
     settings: &Settings,
-) -> Result<bool> {
+) -> Result<Option<FastHit>> {
     if !eligible(session.req_header()) {
-        return Ok(false);
+        return Ok(None);
     }
     let key = media.object().key_hash();
     let Some(object) = storage.memory_fresh_object(&key, SystemTime::now()) else {
-        return Ok(false);
+        return Ok(None);
     };
     // What pingora-proxy's hit path does to a stored header: an Age (RFC 9111 section 4),
     // HTTP/1.1, and chunked framing when there is no length; we leave that last case to it.
     if object.header.headers.get(header::CONTENT_LENGTH).is_none() {
-        return Ok(false);
+        return Ok(None);
     }
     // The stored header keeps no name case (src/cache/memory/meta.rs), so nothing is lost
     // by editing its map directly, which skips Pingora's per-insert name parsing.
@@ -55,10 +59,15 @@ pub(super) async fn serve(
     for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
         parts.headers.insert(name, value);
     }
+    if let Some(socket) = Socket::of(session) {
+        let head = socket.head(parts);
+        let sent = socket.send_bytes(session, &head, &object.body).await;
+        return Ok(Some(FastHit::Direct(sent)));
+    }
     let resp = ResponseHeader::from(parts);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(object.body), true).await?;
-    Ok(true)
+    Ok(Some(FastHit::Pingora))
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ struct Node {
     md5: Md5,
     silo: Silo,
     blocks: u32,
+    /// The file's body CRC was checked against its bytes once (written by this process,
+    /// or read whole since it was indexed): a hit may then be sent without reading it.
+    verified: bool,
     prev: u32,
     next: u32,
 }
@@ -158,6 +161,7 @@ impl Index {
             md5: rec.obj.md5,
             silo: rec.obj.silo,
             blocks: rec.blocks,
+            verified: false,
             prev: NIL,
             next: NIL,
         };
@@ -204,6 +208,25 @@ impl Index {
             self.unlink(i);
             self.link_front(i);
         }
+        true
+    }
+
+    /// Marks `key` as just used, like [`Self::touch`]: `Some(verified)` if it is indexed.
+    pub fn touch_verified(&mut self, key: &HashBinary) -> Option<bool> {
+        let &i = self.map.get(key)?;
+        if self.head != i {
+            self.unlink(i);
+            self.link_front(i);
+        }
+        Some(self.nodes[i as usize].verified)
+    }
+
+    /// Records that `key`'s file had its body CRC checked. Returns whether it is indexed.
+    pub fn set_verified(&mut self, key: &HashBinary) -> bool {
+        let Some(&i) = self.map.get(key) else {
+            return false;
+        };
+        self.nodes[i as usize].verified = true;
         true
     }
 
@@ -335,6 +358,41 @@ mod tests {
         seen.sort();
         assert_eq!(seen, [1, 2, 4, 5, 6, 8, 9, 10, 11]);
         assert_eq!(ix.page(100, 4), (Vec::new(), None));
+    }
+
+    #[test]
+    fn an_entry_starts_unverified_and_a_replacement_forgets_the_check() {
+        let mut ix = Index::default();
+        let (k, r) = rec(1, 1);
+        assert_eq!(ix.touch_verified(&k), None, "not indexed");
+        assert!(!ix.set_verified(&k), "nothing to mark");
+        ix.insert_hot(k, r);
+        assert_eq!(ix.touch_verified(&k), Some(false));
+        assert!(ix.set_verified(&k));
+        assert_eq!(ix.touch_verified(&k), Some(true));
+        // A new file under the same key (a republish) is unchecked again.
+        ix.insert_hot(k, r);
+        assert_eq!(ix.touch_verified(&k), Some(false));
+        ix.set_verified(&k);
+        ix.remove(&k);
+        ix.insert_cold(k, r);
+        assert_eq!(
+            ix.touch_verified(&k),
+            Some(false),
+            "a slot reused is unchecked"
+        );
+    }
+
+    #[test]
+    fn touch_verified_moves_the_entry_to_the_front() {
+        let mut ix = Index::default();
+        let (a, ra) = rec(1, 1);
+        let (b, rb) = rec(2, 1);
+        ix.insert_hot(a, ra);
+        ix.insert_hot(b, rb);
+        assert_eq!(order(&ix), [2, 1]);
+        ix.touch_verified(&a);
+        assert_eq!(order(&ix), [1, 2]);
     }
 
     #[test]

@@ -295,6 +295,7 @@ impl DiskHit {
             if crc32fast::hash(&buf) != want {
                 return Err(self.fail(Corrupt::BodyCrc).await);
             }
+            self.store.mark_verified(self.obj);
         }
         Ok(Bytes::from(buf))
     }
@@ -351,6 +352,7 @@ impl HandleHit for DiskHit {
                     // Never a clean end: the client sees the response fail.
                     return Err(self.fail(Corrupt::BodyCrc).await);
                 }
+                self.store.mark_verified(self.obj);
             }
         }
         Ok(Some(bytes))

@@ -25,6 +25,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static OPEN_CACHED: AtomicBool = AtomicBool::new(true);
 static READ_NOWAIT: AtomicBool = AtomicBool::new(true);
+static CACHESTAT: AtomicBool = AtomicBool::new(true);
+
+/// `cachestat(2)` (Linux 6.5+): one number on every architecture, not yet in `libc`.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
 
 /// Whether `e` says the kernel or filesystem does not offer the call or the flag.
 fn unsupported(e: &io::Error) -> bool {
@@ -101,6 +121,44 @@ pub(crate) fn pread_nowait(
         },
         |n| Ok(Some(n)),
     )
+}
+
+/// Whether the page cache holds every page of the file's bytes `off..off + len`, so
+/// that sending them (`sendfile`) copies from memory and never waits for the disk.
+/// `false` when it cannot be told (a kernel without `cachestat`, which then is not
+/// asked again): the caller reads the file the way that never blocks the event loop.
+pub(crate) fn page_cached(file: &File, off: u64, len: u64) -> bool {
+    if len == 0 || !CACHESTAT.load(Ordering::Relaxed) {
+        return len == 0;
+    }
+    let range = CachestatRange { off, len };
+    let mut stat = Cachestat::default();
+    // SAFETY: both structs are `repr(C)` as the kernel defines them; it reads `range`,
+    // writes `stat` and keeps neither.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0,
+        )
+    };
+    if rc != 0 {
+        if unsupported(&io::Error::last_os_error()) {
+            CACHESTAT.store(false, Ordering::Relaxed);
+        }
+        return false;
+    }
+    let page = page_size();
+    let pages = (off + len).div_ceil(page) - off / page;
+    stat.nr_cache >= pages
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the running system.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// Like [`pread_nowait`], but waits for the disk: `buf` ends `want` long, or a file

@@ -195,6 +195,8 @@ impl DiskStorage {
             let mut books = self.books.lock();
             books.reserved = books.reserved.saturating_sub(reserved);
             books.index.insert_hot(key, rec);
+            // Its CRC was computed from the very bytes written.
+            books.index.set_verified(&key);
             self.evict_locked(&mut books)
         };
         drop(slots);

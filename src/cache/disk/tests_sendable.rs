@@ -1,0 +1,126 @@
+//! Hits the proxy may send with `sendfile` (`sendable.rs`): only files whose body CRC
+//! was checked once, indexed, and held by the page cache; never a purged or bad file.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use pingora_cache::Storage;
+
+use super::nowait::page_cached;
+use super::tests::{body, get, key, obj, open, put, read_all, span};
+
+/// The body bytes a sendable hit would send.
+fn sent_bytes(hit: &super::SendableHit) -> Vec<u8> {
+    let mut buf = vec![0u8; usize::try_from(hit.body_len).unwrap()];
+    hit.file.read_exact_at(&mut buf, hit.body_off).unwrap();
+    buf
+}
+
+/// Drops the file's clean pages from the page cache, as after a reboot.
+fn evict_pages(file: &File) {
+    file.sync_all().unwrap();
+    // SAFETY: a plain advisory call on an open descriptor.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+#[tokio::test]
+async fn a_file_this_process_wrote_is_sendable_at_once_with_its_body_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    let b = body(300_000, 1);
+    put(s, &key(1), &b).await;
+    let hit = s
+        .lookup_sendable(obj(1))
+        .expect("written here, cached, verified");
+    assert_eq!(hit.body_len, b.len() as u64);
+    assert_eq!(sent_bytes(&hit), b);
+    assert_eq!(hit.meta.response_header().status, 200);
+    assert_eq!(s.stats().sendable_hits, 1);
+}
+
+#[tokio::test]
+async fn a_file_found_at_restart_is_sent_only_after_a_whole_read_checked_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    let b = body(200_000, 2);
+    put(s, &key(2), &b).await;
+    let s2 = open(dir.path(), 1 << 30); // a restart
+    assert!(s2.lookup_sendable(obj(2)).is_none(), "not indexed yet");
+    // A ranged read indexes it but checks nothing.
+    let (_, mut hit) = s2.lookup(&key(2), &span()).await.unwrap().unwrap();
+    hit.seek(1000, Some(2000)).unwrap();
+    assert_eq!(read_all(&mut hit).await.unwrap(), &b[1000..2000]);
+    assert!(s2.indexed_object(&obj(2).key_hash()).is_some());
+    assert!(
+        s2.lookup_sendable(obj(2)).is_none(),
+        "a range checks no CRC"
+    );
+    // A whole read checks it.
+    assert_eq!(get(s2, &key(2)).await.unwrap(), b);
+    let hit = s2
+        .lookup_sendable(obj(2))
+        .expect("checked once, then sendable");
+    assert_eq!(sent_bytes(&hit), b);
+}
+
+#[tokio::test]
+async fn a_flipped_body_byte_found_at_restart_is_never_sent_and_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    let b = body(300_000, 3);
+    put(s, &key(3), &b).await;
+    let path = obj(3).path(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let s2 = open(dir.path(), 1 << 30);
+    let (_, mut hit) = s2.lookup(&key(3), &span()).await.unwrap().unwrap();
+    assert!(read_all(&mut hit).await.is_err(), "the CRC fails the read");
+    assert!(s2.lookup_sendable(obj(3)).is_none());
+    assert!(!path.exists(), "removed");
+    assert_eq!(s2.stats().sendable_hits, 0);
+}
+
+#[tokio::test]
+async fn a_purged_object_is_not_sendable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    put(s, &key(4), &body(50_000, 4)).await;
+    assert!(s.lookup_sendable(obj(4)).is_some());
+    assert!(s.remove_now(obj(4)));
+    assert!(s.lookup_sendable(obj(4)).is_none());
+}
+
+#[tokio::test]
+async fn a_file_whose_pages_were_dropped_is_left_to_the_read_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    let b = body(400_000, 5);
+    put(s, &key(5), &b).await;
+    let file = File::open(obj(5).path(dir.path())).unwrap();
+    evict_pages(&file);
+    assert!(
+        s.lookup_sendable(obj(5)).is_none(),
+        "sending would wait for the disk on the event loop"
+    );
+    // The read path brings the pages back, and then it is sendable again.
+    assert_eq!(get(s, &key(5)).await.unwrap(), b);
+    assert!(s.lookup_sendable(obj(5)).is_some());
+}
+
+#[test]
+fn page_cached_tells_a_cached_range_from_a_dropped_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, body(3 * 4096 + 100, 6)).unwrap();
+    let file = File::open(&path).unwrap();
+    assert!(page_cached(&file, 0, 3 * 4096 + 100), "just written");
+    assert!(page_cached(&file, 4000, 200), "a range across two pages");
+    assert!(page_cached(&file, 0, 0), "nothing to send is always there");
+    evict_pages(&file);
+    assert!(!page_cached(&file, 0, 3 * 4096 + 100));
+    assert!(!page_cached(&file, 5000, 1));
+}

@@ -1,0 +1,306 @@
+//! Answers written straight onto a plain HTTP/1.1 connection's socket, around
+//! Pingora's writer, for the two fast paths:
+//! - a memory hit leaves in one `writev` of head and body (Pingora's writer makes it
+//!   two `send`s, two TCP segments, for any body larger than its 1,460-byte buffer,
+//!   and a larger buffer would cost a copy of every body);
+//! - a disk hit leaves with `sendfile`, the kernel handing the page cache to the socket
+//!   (Pingora's writer only writes buffers, so the body would be read into one first).
+//!
+//! Why this is sound: a fast path answers from `request_filter`, before anything of
+//! the request was written, so Pingora's write buffer is empty (the previous answer on
+//! the connection was flushed when it ended); the session is left as if the response
+//! had been nothing at all, and Pingora then reuses the connection (or closes it) on
+//! its own keep-alive decision, which this head announces (`Connection`). Reads are
+//! untouched: pipelined requests Pingora has already read stay in its buffer. TLS and
+//! HTTP/2 connections never come here (their bytes are encrypted or framed in user
+//! space); they take Pingora's writer.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::response::Parts as RespParts;
+use http::{header, HeaderValue};
+use pingora::prelude::*;
+use pingora_core::protocols::http::date::get_cached_date;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_http::ResponseHeader;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::cache::disk::page_cached;
+
+/// How long a client may keep its socket full before the answer is given up.
+const SEND_STALL: Duration = Duration::from_secs(60);
+/// A file is sent this much per call; for a longer one each piece is checked against
+/// the page cache first, so a long send whose pages were evicted meanwhile reads them
+/// on the blocking pool instead of stalling the event loop.
+const FILE_PIECE: u64 = 1 << 20;
+
+/// A plain HTTP/1 connection's socket, to answer on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Socket {
+    fd: RawFd,
+    keepalive: bool,
+}
+
+/// What a direct answer sent.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sent {
+    pub body_bytes: u64,
+    /// The whole body went out; if not, the connection is closed after this answer.
+    pub complete: bool,
+}
+
+impl Socket {
+    /// The connection's own socket, when it is plain TCP (or a Unix socket) spoken as
+    /// HTTP/1, nothing has been written for this request and its body (if any) is read.
+    pub(super) fn of(session: &mut Session) -> Option<Socket> {
+        if session.response_written().is_some() || !session.downstream_session.is_body_done() {
+            return None;
+        }
+        let v1 = session.downstream_session.as_http1()?;
+        let stream = v1.stream().as_any().downcast_ref::<L4Stream>()?;
+        let fd = stream.as_raw_fd();
+        (fd >= 0).then_some(Socket {
+            fd,
+            keepalive: v1.will_keepalive(),
+        })
+    }
+
+    /// The HTTP/1.1 head for `parts`, with what Pingora's writer adds to every answer
+    /// (`Date`, and `Connection` as the session will keep it).
+    pub(super) fn head(&self, mut parts: RespParts) -> BytesMut {
+        parts.headers.insert(header::DATE, get_cached_date());
+        let connection = if self.keepalive {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static(connection));
+        let status = parts.status;
+        let resp = ResponseHeader::from(parts);
+        let mut head = BytesMut::with_capacity(512);
+        head.put_slice(b"HTTP/1.1 ");
+        head.put_slice(status.as_str().as_bytes());
+        head.put_u8(b' ');
+        head.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        head.put_slice(b"\r\n");
+        resp.header_to_h1_wire(&mut head);
+        head.put_slice(b"\r\n");
+        head
+    }
+
+    /// Writes `head` and `body` (one `writev` when the socket takes it all).
+    pub(super) async fn send_bytes(
+        &self,
+        session: &mut Session,
+        head: &[u8],
+        body: &Bytes,
+    ) -> Sent {
+        let result = self.write_bytes(head, body).await;
+        self.settle(session, result, body.len() as u64)
+    }
+
+    /// Writes `head`, then the file's `len` bytes from `off` with `sendfile`.
+    pub(super) async fn send_file(
+        &self,
+        session: &mut Session,
+        head: &[u8],
+        file: File,
+        off: u64,
+        len: u64,
+    ) -> Sent {
+        let result = self.write_file(head, file, off, len).await;
+        self.settle(session, result, len)
+    }
+
+    fn settle(&self, session: &mut Session, result: Result<(), Cut>, len: u64) -> Sent {
+        match result {
+            Ok(()) => Sent {
+                body_bytes: len,
+                complete: true,
+            },
+            Err(Cut { body_bytes, error }) => {
+                tracing::debug!("direct answer cut after {body_bytes} body bytes: {error}");
+                // What remains of the body never comes: the client must see the end.
+                session.set_keepalive(None);
+                Sent {
+                    body_bytes,
+                    complete: false,
+                }
+            }
+        }
+    }
+
+    async fn write_bytes(&self, head: &[u8], body: &[u8]) -> Result<(), Cut> {
+        let mut waiter = Waiter::new(self.fd);
+        let (mut head_done, mut body_done) = (0, 0);
+        while head_done < head.len() || body_done < body.len() {
+            let parts = [&head[head_done..], &body[body_done..]];
+            match writev(self.fd, &parts) {
+                Ok(n) => {
+                    let into_head = n.min(head.len() - head_done);
+                    head_done += into_head;
+                    body_done += n - into_head;
+                }
+                Err(e) => waiter.after(e).await.map_err(|e| Cut::at(body_done, e))?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_file(&self, head: &[u8], file: File, off: u64, len: u64) -> Result<(), Cut> {
+        let mut waiter = Waiter::new(self.fd);
+        let mut written = 0;
+        while written < head.len() {
+            // MSG_MORE: the head leaves with the body's first bytes, one segment train.
+            let more = if len > 0 { libc::MSG_MORE } else { 0 };
+            match send_flags(self.fd, &head[written..], more) {
+                Ok(n) => written += n,
+                Err(e) => waiter.after(e).await.map_err(|e| Cut::at(0, e))?,
+            }
+        }
+        let (fd, file) = (self.fd, Arc::new(file));
+        let mut sent = 0;
+        while sent < len {
+            let (at, piece) = (off + sent, (len - sent).min(FILE_PIECE));
+            // The lookup found the whole body cached; a long one's pages may have been
+            // evicted since, so each further piece is checked again.
+            let result = if len <= FILE_PIECE || page_cached(&file, at, piece) {
+                sendfile(fd, &file, at, piece)
+            } else {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || sendfile(fd, &file, at, piece))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)))
+            };
+            match result {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "cache file ended early");
+                    return Err(Cut::at(sent, e));
+                }
+                Ok(n) => sent += n as u64,
+                Err(e) => waiter.after(e).await.map_err(|e| Cut::at(sent, e))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a send stopped early, and how much of the body had gone.
+struct Cut {
+    body_bytes: u64,
+    error: io::Error,
+}
+
+impl Cut {
+    fn at(body_bytes: impl TryInto<u64>, error: io::Error) -> Cut {
+        Cut {
+            body_bytes: body_bytes.try_into().unwrap_or(u64::MAX),
+            error,
+        }
+    }
+}
+
+fn writev(fd: RawFd, parts: &[&[u8]; 2]) -> io::Result<usize> {
+    let iov = parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    });
+    // SAFETY: both iovecs describe live slices for the call; `fd` is the connection's
+    // socket, open while the session that owns it awaits this. sendmsg, not writev,
+    // for MSG_NOSIGNAL: a client gone is an EPIPE, never a signal.
+    let msg = libc::msghdr {
+        msg_name: std::ptr::null_mut(),
+        msg_namelen: 0,
+        msg_iov: iov.as_ptr() as *mut libc::iovec,
+        msg_iovlen: iov.len(),
+        msg_control: std::ptr::null_mut(),
+        msg_controllen: 0,
+        msg_flags: 0,
+    };
+    // SAFETY: as above; `msg` points at `iov`, which outlives the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn send_flags(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes for the call; `fd` as above.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            flags | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn sendfile(fd: RawFd, file: &File, at: u64, len: u64) -> io::Result<usize> {
+    let mut offset = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let count = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: both descriptors are open for the call; the kernel updates `offset`.
+    let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut offset, count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Waits for the socket to take more. The connection's descriptor is registered with
+/// the runtime by Pingora's stream, which this path cannot reach, so a duplicate of it
+/// is registered for writability (epoll tells each registration), made only when the
+/// socket is first found full: most answers fit the socket buffer and never need it.
+struct Waiter {
+    fd: RawFd,
+    registered: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Waiter {
+    fn new(fd: RawFd) -> Self {
+        Self {
+            fd,
+            registered: None,
+        }
+    }
+
+    /// After a failed write: waits for room if the socket was full, returns at once if
+    /// the call was interrupted, and gives `e` back otherwise.
+    async fn after(&mut self, e: io::Error) -> io::Result<()> {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => self.wait().await,
+            io::ErrorKind::Interrupted => Ok(()),
+            _ => Err(e),
+        }
+    }
+
+    async fn wait(&mut self) -> io::Result<()> {
+        if self.registered.is_none() {
+            // SAFETY: `fd` is open; F_DUPFD_CLOEXEC returns a new descriptor or -1.
+            let dup = unsafe { libc::fcntl(self.fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if dup < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `dup` was just made and is owned by nothing else.
+            let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+            // SAFETY: an OwnedFd keeps its descriptor open, and the same one, until
+            // the AsyncFd that owns it is dropped.
+            let registered = unsafe { AsyncFd::register_with_interest(owned, Interest::WRITABLE) };
+            self.registered = Some(registered.map_err(io::Error::from)?);
+        }
+        let Some(registered) = &self.registered else {
+            return Err(io::ErrorKind::Other.into());
+        };
+        let mut ready = tokio::time::timeout(SEND_STALL, registered.writable())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        // The next write tells whether there is room; cleared, a socket still full
+        // waits for the next edge.
+        ready.clear_ready();
+        Ok(())
+    }
+}
