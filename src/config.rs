@@ -152,6 +152,17 @@ pub struct AnswerHeaders {
     pub not_found_cache_control: http::HeaderValue,
     /// `x-shimmer-node`: `shimmer.node`.
     pub node: http::HeaderValue,
+    /// Distinct for every set of these values rendered in this process, so a head made
+    /// with them can be kept and told apart from one made with an older config.
+    pub generation: u64,
+}
+
+impl AnswerHeaders {
+    /// The next [`AnswerHeaders::generation`].
+    pub(crate) fn next_generation() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for Config {

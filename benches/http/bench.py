@@ -224,6 +224,9 @@ def parse_args():
     p.add_argument("--perf", metavar="DIR",
                    help="record `perf record -g` of the server's processes during each "
                         "measured run into DIR/<server>-<scenario>-<run>.data")
+    p.add_argument("--perf-call-graph", metavar="MODE", default="fp",
+                   help="perf's --call-graph for --perf: fp (cheap; Rust frames without "
+                        "frame pointers are lost) or dwarf,16384 (whole stacks)")
     p.add_argument("--scenarios", default="all",
                    help="comma-separated scenarios, or "
                         + ", ".join(f"{k} ({'+'.join(v)})" for k, v in report.ALIASES.items()

@@ -104,7 +104,8 @@ class Profile:
         # a little, so numbers from a profiled run are not for the table.
         mine = {int(c) for c in (server.cpus or "").split(",") if c}
         others = sorted(set(os.sched_getaffinity(0)) - mine)
-        cmd = ["perf", "record", "-g", "-q", "-o", out, "-p", pids]
+        graph = getattr(args, "perf_call_graph", None) or "fp"
+        cmd = ["perf", "record", f"--call-graph={graph}", "-q", "-o", out, "-p", pids]
         self.proc = subprocess.Popen(pinned(cmd, ",".join(map(str, others)) or None),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.2)  # perf attaches before the load starts

@@ -379,13 +379,14 @@ impl MemoryStorage {
         if meta.fresh_until < now {
             return None;
         }
-        Some(FreshObject {
-            header: meta.decoded_header.clone(),
-            age_secs: now
-                .duration_since(meta.epoch)
-                .map_or(0, |age| age.as_secs()),
-            body: object.body.clone(),
-        })
+        let age_secs = now
+            .duration_since(meta.epoch)
+            .map_or(0, |age| age.as_secs());
+        Some(FreshObject::new(
+            meta.clone(),
+            age_secs,
+            object.body.clone(),
+        ))
     }
 
     /// A fill whose meta is already prepared (the tiered store's, serialized once).

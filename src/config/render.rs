@@ -170,6 +170,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
             let why = format!("{node:?} cannot be sent as the x-shimmer-node header");
             ("shimmer.node", why)
         })?,
+        generation: AnswerHeaders::next_generation(),
     };
     let log_filter = tracing_subscriber::EnvFilter::try_new(&raw.log_level)
         .map_err(|e| ("shimmer.log_level", e.to_string()))?;

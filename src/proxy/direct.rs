@@ -1,8 +1,9 @@
 //! Answers written straight onto a plain HTTP/1.1 connection's socket, around
 //! Pingora's writer, for the two fast paths:
-//! - a memory hit leaves in one `writev` of head and body (Pingora's writer makes it
-//!   two `send`s, two TCP segments, for any body larger than its 1,460-byte buffer,
-//!   and a larger buffer would cost a copy of every body);
+//! - a memory hit leaves in one `writev` of a head made once per object and config
+//!   ([`Socket::prepared_head`]), the fields that change, and the body (Pingora's
+//!   writer makes it two `send`s, two TCP segments, for any body larger than its
+//!   1,460-byte buffer, and a larger buffer would cost a copy of every body);
 //! - a disk hit leaves with `sendfile`, the kernel handing the page cache to the socket
 //!   (Pingora's writer only writes buffers, so the body would be read into one first).
 //!
@@ -96,14 +97,47 @@ impl Socket {
         head
     }
 
-    /// Writes `head` and `body` (one `writev` when the socket takes it all).
-    pub(super) async fn send_bytes(
+    /// The part of a head that stays the same from one answer to the next: the status
+    /// line and every field of `parts`, without the blank line that ends the head.
+    /// [`Self::send_prepared`] adds the fields that change (`Age`, `Date`, `Connection`).
+    pub(super) fn prepared_head(mut parts: RespParts) -> Bytes {
+        // A stored header may carry the origin's own (its Connection: close, say);
+        // these are this answer's, as Pingora's writer replaces them.
+        for name in [header::AGE, header::DATE, header::CONNECTION] {
+            parts.headers.remove(name);
+        }
+        let status = parts.status;
+        let resp = ResponseHeader::from(parts);
+        let mut head = BytesMut::with_capacity(512);
+        head.put_slice(b"HTTP/1.1 ");
+        head.put_slice(status.as_str().as_bytes());
+        head.put_u8(b' ');
+        head.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        head.put_slice(b"\r\n");
+        resp.header_to_h1_wire(&mut head);
+        head.freeze()
+    }
+
+    /// Writes a [`Self::prepared_head`], the fields that change, and `body`: one
+    /// `writev` when the socket takes it all.
+    pub(super) async fn send_prepared(
         &self,
         session: &mut Session,
-        head: &[u8],
+        prepared: &[u8],
+        age_secs: u64,
         body: &Bytes,
     ) -> Sent {
-        let result = self.write_bytes(head, body).await;
+        let mut tail = BytesMut::with_capacity(96);
+        tail.put_slice(b"Age: ");
+        tail.put_slice(age_secs.to_string().as_bytes());
+        tail.put_slice(b"\r\nDate: ");
+        tail.put_slice(get_cached_date().as_bytes());
+        tail.put_slice(if self.keepalive {
+            b"\r\nConnection: keep-alive\r\n\r\n".as_slice()
+        } else {
+            b"\r\nConnection: close\r\n\r\n".as_slice()
+        });
+        let result = self.write_parts([prepared, &tail, body]).await;
         self.settle(session, result, body.len() as u64)
     }
 
@@ -138,18 +172,24 @@ impl Socket {
         }
     }
 
-    async fn write_bytes(&self, head: &[u8], body: &[u8]) -> Result<(), Cut> {
+    /// Writes `parts` in order (the last is the body), in as few `sendmsg`s as the
+    /// socket takes.
+    async fn write_parts(&self, mut parts: [&[u8]; 3]) -> Result<(), Cut> {
         let mut waiter = Waiter::new(self.fd);
-        let (mut head_done, mut body_done) = (0, 0);
-        while head_done < head.len() || body_done < body.len() {
-            let parts = [&head[head_done..], &body[body_done..]];
+        let body_len = parts[2].len();
+        while parts.iter().any(|p| !p.is_empty()) {
             match writev(self.fd, &parts) {
-                Ok(n) => {
-                    let into_head = n.min(head.len() - head_done);
-                    head_done += into_head;
-                    body_done += n - into_head;
+                Ok(mut n) => {
+                    for part in parts.iter_mut() {
+                        let took = n.min(part.len());
+                        *part = &part[took..];
+                        n -= took;
+                    }
                 }
-                Err(e) => waiter.after(e).await.map_err(|e| Cut::at(body_done, e))?,
+                Err(e) => {
+                    let done = body_len - parts[2].len();
+                    waiter.after(e).await.map_err(|e| Cut::at(done, e))?
+                }
             }
         }
         Ok(())
@@ -208,7 +248,7 @@ impl Cut {
     }
 }
 
-fn writev(fd: RawFd, parts: &[&[u8]; 2]) -> io::Result<usize> {
+fn writev(fd: RawFd, parts: &[&[u8]; 3]) -> io::Result<usize> {
     let iov = parts.map(|p| libc::iovec {
         iov_base: p.as_ptr() as *mut libc::c_void,
         iov_len: p.len(),

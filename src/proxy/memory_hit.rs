@@ -14,6 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::direct::Socket;
 use super::FastHit;
+use crate::cache::memory::FreshObject;
 use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
 use crate::request::MediaRequest;
@@ -29,8 +30,8 @@ pub(super) fn eligible(req: &RequestHeader) -> bool {
 }
 
 /// Answers the request from memory if it can: `Some` when the response was written,
-/// on the socket directly over plain HTTP/1.1 (one `writev`, see [`super::direct`]),
-/// through Pingora's writer otherwise.
+/// on the socket directly over plain HTTP/1.1 (one `writev` of the head kept with the
+/// object, see [`super::direct`]), through Pingora's writer otherwise.
 pub(super) async fn serve(
     session: &mut Session,
     storage: &TieredStorage,
@@ -46,28 +47,47 @@ pub(super) async fn serve(
     };
     // What pingora-proxy's hit path does to a stored header: an Age (RFC 9111 section 4),
     // HTTP/1.1, and chunked framing when there is no length; we leave that last case to it.
-    if object.header.headers.get(header::CONTENT_LENGTH).is_none() {
+    if object
+        .header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_none()
+    {
         return Ok(None);
     }
-    // The stored header keeps no name case (src/cache/memory/meta.rs), so nothing is lost
-    // by editing its map directly, which skips Pingora's per-insert name parsing.
-    let mut parts = RespParts::from(object.header);
-    parts.version = Version::HTTP_11;
+    if let Some(socket) = Socket::of(session) {
+        let tag = settings.answer.generation;
+        let prepared = object.prepared(tag).unwrap_or_else(|| {
+            let head = Socket::prepared_head(answer_parts(&object, settings));
+            object.keep_prepared(tag, head.clone());
+            head
+        });
+        let sent = socket
+            .send_prepared(session, &prepared, object.age_secs, &object.body)
+            .await;
+        return Ok(Some(FastHit::Direct(sent)));
+    }
+    let mut parts = answer_parts(&object, settings);
     parts
         .headers
         .insert(header::AGE, HeaderValue::from(object.age_secs));
-    for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
-        parts.headers.insert(name, value);
-    }
-    if let Some(socket) = Socket::of(session) {
-        let head = socket.head(parts);
-        let sent = socket.send_bytes(session, &head, &object.body).await;
-        return Ok(Some(FastHit::Direct(sent)));
-    }
     let resp = ResponseHeader::from(parts);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(object.body), true).await?;
     Ok(Some(FastHit::Pingora))
+}
+
+/// The stored header as a hit answers it, but for `Age`: HTTP/1.1 and the mirror's
+/// answer headers. The stored header keeps no name case (src/cache/memory/meta.rs), so
+/// nothing is lost by editing its map directly, which skips Pingora's per-insert name
+/// parsing.
+fn answer_parts(object: &FreshObject, settings: &Settings) -> RespParts {
+    let mut parts = RespParts::from(object.header().clone());
+    parts.version = Version::HTTP_11;
+    for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
+        parts.headers.insert(name, value);
+    }
+    parts
 }
 
 #[cfg(test)]

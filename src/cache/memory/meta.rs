@@ -1,7 +1,10 @@
 //! An object's meta as the memory tier keeps it: the internal part serialized (small
 //! msgpack), the response header decoded, so a hit never decodes the header.
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
 
 use bytes::Bytes;
 use once_cell::sync::Lazy;
@@ -19,16 +22,56 @@ pub(crate) struct StoredMeta {
     /// What the fast path needs of the internal meta, without decoding it.
     pub(super) fresh_until: SystemTime,
     pub(super) epoch: SystemTime,
+    /// The answer head the proxy's fast path made for this object, kept for its next
+    /// hits (an object's header never changes while it is stored; a new meta is a new
+    /// `StoredMeta`). Not charged: a few hundred bytes, made only for objects hit.
+    prepared: ArcSwapOption<PreparedHead>,
+}
+
+/// An answer head serialized once and sent with every later hit, valid for the config
+/// it was made with (`tag`, the proxy's [`crate::config::AnswerHeaders::generation`]).
+pub struct PreparedHead {
+    pub tag: u64,
+    pub bytes: Bytes,
 }
 
 /// A completed, fresh object in the memory tier, for the proxy's fast path: what a plain
 /// GET hit needs to be answered without pingora-cache's state machine.
 pub struct FreshObject {
-    /// The stored response header (a copy).
-    pub header: ResponseHeader,
+    meta: Arc<StoredMeta>,
     /// Seconds since the object was admitted or revalidated (the `Age` header).
     pub age_secs: u64,
     pub body: Bytes,
+}
+
+impl FreshObject {
+    pub(super) fn new(meta: Arc<StoredMeta>, age_secs: u64, body: Bytes) -> Self {
+        Self {
+            meta,
+            age_secs,
+            body,
+        }
+    }
+
+    /// The stored response header.
+    pub fn header(&self) -> &ResponseHeader {
+        &self.meta.decoded_header
+    }
+
+    /// The head kept for this object, if it was made with config `tag`.
+    pub fn prepared(&self, tag: u64) -> Option<Bytes> {
+        let kept = self.meta.prepared.load();
+        kept.as_ref()
+            .filter(|p| p.tag == tag)
+            .map(|p| p.bytes.clone())
+    }
+
+    /// Keeps `bytes`, the head made with config `tag`, for the next hits.
+    pub fn keep_prepared(&self, tag: u64, bytes: Bytes) {
+        self.meta
+            .prepared
+            .store(Some(Arc::new(PreparedHead { tag, bytes })));
+    }
 }
 
 /// The serialized form of an empty response header. A hit rebuilds its `CacheMeta` from
@@ -64,6 +107,7 @@ impl StoredMeta {
             decoded_bytes: decoded_bytes(meta),
             fresh_until: meta.fresh_until(),
             epoch: meta.epoch(),
+            prepared: ArcSwapOption::empty(),
         }
     }
 

@@ -1,8 +1,9 @@
-//! Disk hits sent with `sendfile` (src/proxy/disk_hit.rs), end to end on the real
-//! binary: the same bytes and head as the full path, one connection kept alive across
-//! every kind of answer (pipelined too), a client that stops reading or leaves, a
-//! client that asks to close, TLS never taking the path, and a file found corrupt at
-//! restart never sent.
+//! Hits answered on the socket directly (src/proxy/direct.rs), end to end on the real
+//! binary: disk hits sent with `sendfile` and memory hits in one `writev` of a head
+//! kept with the object. The same bytes and head as the full path, a reload that
+//! changes the head, one connection kept alive across every kind of answer (pipelined
+//! too), a client that stops reading or leaves, a client that asks to close, TLS never
+//! taking the path, and a file found corrupt at restart never sent.
 
 mod common;
 
@@ -342,4 +343,60 @@ fn a_file_corrupted_while_the_mirror_was_down_is_never_sent() {
         (Some("MISS"), sha256(&bb))
     );
     assert_eq!(sent(&m), 1.0);
+}
+
+#[test]
+fn a_memory_hit_has_the_full_paths_head_and_a_reload_remakes_it() {
+    let w = World::new();
+    let port = free_port();
+    let with_cache_control = |cc: &str| {
+        w.spec(port).replacen(
+            "shimmer:\n",
+            &format!("shimmer:\n  http:\n    cache_control: \"{cc}\"\n"),
+            1,
+        )
+    };
+    let mut m = Mirror::start_yaml(
+        w.work.path(),
+        port,
+        &with_cache_control("public, max-age=111"),
+    );
+    let (path, bytes) = w.image(70, 20_000); // fits the memory tier
+    let mut c = conn(&m);
+    let host = m.addr.to_string();
+    assert_eq!(
+        c.request("GET", &host, &path, &[], &[])
+            .expect("miss")
+            .status,
+        200
+    );
+    let hit = c.request("GET", &host, &path, &[], &[]).expect("hit");
+    let full = c
+        .request("GET", &host, &path, &[("If-None-Match", "\"other\"")], &[])
+        .expect("full path");
+    assert_eq!(
+        (hit.header("x-cache"), full.header("x-cache")),
+        (Some("HIT"), Some("HIT"))
+    );
+    assert_eq!(hit.body, bytes);
+    assert_eq!(stable_head(&hit), stable_head(&full));
+    assert_eq!(hit.header("cache-control"), Some("public, max-age=111"));
+    for name in ["date", "age", "connection"] {
+        let n = hit
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count();
+        assert_eq!(n, 1, "{name} once: {:?}", hit.headers);
+    }
+    assert_eq!(sent(&m), 0.0, "a memory hit is no sendfile");
+
+    // A reload changes the answer headers: the head kept with the object is made again.
+    std::fs::write(&m.conf, with_cache_control("public, max-age=222")).expect("new config");
+    m.proc.signal(libc::SIGHUP);
+    wait_until("the reloaded cache-control on a memory hit", || {
+        let r = c.request("GET", &host, &path, &[], &[]).ok()?;
+        assert_eq!(r.body, bytes);
+        (r.header("cache-control") == Some("public, max-age=222")).then_some(())
+    });
 }
