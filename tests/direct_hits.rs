@@ -356,7 +356,7 @@ fn a_memory_hit_has_the_full_paths_head_and_a_reload_remakes_it() {
             1,
         )
     };
-    let mut m = Mirror::start_yaml(
+    let m = Mirror::start_yaml(
         w.work.path(),
         port,
         &with_cache_control("public, max-age=111"),
