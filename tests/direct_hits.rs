@@ -400,3 +400,29 @@ fn a_memory_hit_has_the_full_paths_head_and_a_reload_remakes_it() {
         (r.header("cache-control") == Some("public, max-age=222")).then_some(())
     });
 }
+
+#[test]
+fn a_get_with_a_body_takes_the_full_path_which_closes_after_it() {
+    let w = World::new();
+    let m = w.mirror(free_port());
+    let host = m.addr.to_string();
+    let (path, bytes) = w.image(80, 200_000);
+    let mut c = conn(&m);
+    let fill = c.request("GET", &host, &path, &[], &[]).expect("fill");
+    assert_eq!(fill.status, 200);
+    // Its body is not read when request_filter runs, so it is not answered around
+    // Pingora: the full path answers and, its body unread, closes (Pingora's choice).
+    let r = c
+        .request("GET", &host, &path, &[], b"hello")
+        .expect("GET with a body");
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("HIT")));
+    assert_eq!(sha256(&r.body), sha256(&bytes));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(sent(&m), 0.0, "not sent around Pingora");
+    let mut rest = Vec::new();
+    c.stream.read_to_end(&mut rest).expect("the mirror closes");
+    assert!(rest.is_empty(), "nothing after the answer: {rest:?}");
+    let r = get(&m, &path);
+    assert_eq!(sha256(&r.body), sha256(&bytes));
+    assert_eq!(sent(&m), 1.0);
+}
