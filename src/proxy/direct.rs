@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::header;
 use http::response::Parts as RespParts;
-use http::{header, HeaderValue};
 use pingora::prelude::*;
 use pingora_core::protocols::http::date::get_cached_date;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -72,31 +72,6 @@ impl Socket {
         })
     }
 
-    /// The HTTP/1.1 head for `parts`, with what Pingora's writer adds to every answer
-    /// (`Date`, and `Connection` as the session will keep it).
-    pub(super) fn head(&self, mut parts: RespParts) -> BytesMut {
-        parts.headers.insert(header::DATE, get_cached_date());
-        let connection = if self.keepalive {
-            "keep-alive"
-        } else {
-            "close"
-        };
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static(connection));
-        let status = parts.status;
-        let resp = ResponseHeader::from(parts);
-        let mut head = BytesMut::with_capacity(512);
-        head.put_slice(b"HTTP/1.1 ");
-        head.put_slice(status.as_str().as_bytes());
-        head.put_u8(b' ');
-        head.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        head.put_slice(b"\r\n");
-        resp.header_to_h1_wire(&mut head);
-        head.put_slice(b"\r\n");
-        head
-    }
-
     /// The part of a head that stays the same from one answer to the next: the status
     /// line and every field of `parts`, without the blank line that ends the head.
     /// [`Self::send_prepared`] adds the fields that change (`Age`, `Date`, `Connection`).
@@ -127,6 +102,36 @@ impl Socket {
         age_secs: u64,
         body: &Bytes,
     ) -> Sent {
+        let tail = self.changing_fields(age_secs);
+        let result = self.write_parts([prepared, &tail, body], 0).await;
+        self.settle(session, result, body.len() as u64)
+    }
+
+    /// Writes a [`Self::prepared_head`] and the fields that change, then the file's
+    /// `len` bytes from `off` with `sendfile`.
+    pub(super) async fn send_file(
+        &self,
+        session: &mut Session,
+        prepared: &[u8],
+        age_secs: u64,
+        file: File,
+        off: u64,
+        len: u64,
+    ) -> Sent {
+        let tail = self.changing_fields(age_secs);
+        // MSG_MORE: the head leaves with the body's first bytes, one segment train.
+        let more = if len > 0 { libc::MSG_MORE } else { 0 };
+        let mut result = self.write_parts([prepared, &tail, &[]], more).await;
+        if result.is_ok() {
+            result = self.write_file(file, off, len).await;
+        }
+        self.settle(session, result, len)
+    }
+
+    /// The fields of a head that change from one answer to the next, and the blank
+    /// line that ends it: what Pingora's writer sets (`Date`, `Connection` as the
+    /// session will keep it) and the hit's `Age`.
+    fn changing_fields(&self, age_secs: u64) -> BytesMut {
         let mut tail = BytesMut::with_capacity(96);
         tail.put_slice(b"Age: ");
         tail.put_slice(age_secs.to_string().as_bytes());
@@ -137,21 +142,7 @@ impl Socket {
         } else {
             b"\r\nConnection: close\r\n\r\n".as_slice()
         });
-        let result = self.write_parts([prepared, &tail, body]).await;
-        self.settle(session, result, body.len() as u64)
-    }
-
-    /// Writes `head`, then the file's `len` bytes from `off` with `sendfile`.
-    pub(super) async fn send_file(
-        &self,
-        session: &mut Session,
-        head: &[u8],
-        file: File,
-        off: u64,
-        len: u64,
-    ) -> Sent {
-        let result = self.write_file(head, file, off, len).await;
-        self.settle(session, result, len)
+        tail
     }
 
     fn settle(&self, session: &mut Session, result: Result<(), Cut>, len: u64) -> Sent {
@@ -173,12 +164,12 @@ impl Socket {
     }
 
     /// Writes `parts` in order (the last is the body), in as few `sendmsg`s as the
-    /// socket takes.
-    async fn write_parts(&self, mut parts: [&[u8]; 3]) -> Result<(), Cut> {
+    /// socket takes, each with `flags`.
+    async fn write_parts(&self, mut parts: [&[u8]; 3], flags: libc::c_int) -> Result<(), Cut> {
         let mut waiter = Waiter::new(self.fd);
         let body_len = parts[2].len();
         while parts.iter().any(|p| !p.is_empty()) {
-            match writev(self.fd, &parts) {
+            match writev(self.fd, &parts, flags) {
                 Ok(mut n) => {
                     for part in parts.iter_mut() {
                         let took = n.min(part.len());
@@ -195,17 +186,8 @@ impl Socket {
         Ok(())
     }
 
-    async fn write_file(&self, head: &[u8], file: File, off: u64, len: u64) -> Result<(), Cut> {
+    async fn write_file(&self, file: File, off: u64, len: u64) -> Result<(), Cut> {
         let mut waiter = Waiter::new(self.fd);
-        let mut written = 0;
-        while written < head.len() {
-            // MSG_MORE: the head leaves with the body's first bytes, one segment train.
-            let more = if len > 0 { libc::MSG_MORE } else { 0 };
-            match send_flags(self.fd, &head[written..], more) {
-                Ok(n) => written += n,
-                Err(e) => waiter.after(e).await.map_err(|e| Cut::at(0, e))?,
-            }
-        }
         let (fd, file) = (self.fd, Arc::new(file));
         let mut sent = 0;
         while sent < len {
@@ -248,7 +230,7 @@ impl Cut {
     }
 }
 
-fn writev(fd: RawFd, parts: &[&[u8]; 3]) -> io::Result<usize> {
+fn writev(fd: RawFd, parts: &[&[u8]; 3], flags: libc::c_int) -> io::Result<usize> {
     let iov = parts.map(|p| libc::iovec {
         iov_base: p.as_ptr() as *mut libc::c_void,
         iov_len: p.len(),
@@ -266,20 +248,7 @@ fn writev(fd: RawFd, parts: &[&[u8]; 3]) -> io::Result<usize> {
         msg_flags: 0,
     };
     // SAFETY: as above; `msg` points at `iov`, which outlives the call.
-    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-fn send_flags(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for `buf.len()` bytes for the call; `fd` as above.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            flags | libc::MSG_NOSIGNAL,
-        )
-    };
+    let n = unsafe { libc::sendmsg(fd, &msg, flags | libc::MSG_NOSIGNAL) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 

@@ -11,7 +11,7 @@
 use std::time::SystemTime;
 
 use http::response::Parts as RespParts;
-use http::{header, HeaderValue, Version};
+use http::{header, Version};
 use pingora::prelude::*;
 
 use super::direct::{Sent, Socket};
@@ -48,21 +48,21 @@ pub(super) async fn serve(
     if declared != Some(hit.body_len) {
         return None;
     }
-    // What the full path writes for this hit: the stored header, HTTP/1.1, an Age,
-    // the mirror's answer headers.
+    // What the full path writes for this hit: the stored header, HTTP/1.1, the
+    // mirror's answer headers, and (sent with it) an Age.
     let mut parts = RespParts::from(hit.meta.response_header_copy());
     parts.version = Version::HTTP_11;
     let age = now
         .duration_since(hit.meta.updated())
         .map_or(0, |a| a.as_secs());
-    parts.headers.insert(header::AGE, HeaderValue::from(age));
     for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
         parts.headers.insert(name, value);
     }
-    let head = socket.head(parts);
+    let prepared = Socket::prepared_head(parts);
+    let (file, off, len) = (hit.file, hit.body_off, hit.body_len);
     Some(
         socket
-            .send_file(session, &head, hit.file, hit.body_off, hit.body_len)
+            .send_file(session, &prepared, age, file, off, len)
             .await,
     )
 }

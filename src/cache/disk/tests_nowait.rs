@@ -62,7 +62,7 @@ async fn a_file_not_yet_indexed_takes_the_blocking_path_which_indexes_it() {
 
 /// Drops the file's clean pages from the page cache, as after a reboot (ext4 does; a
 /// filesystem that ignores the hint just leaves the test on the inline path).
-fn evict_pages(file: &File) {
+pub(super) fn evict_pages(file: &File) {
     file.sync_all().unwrap();
     // SAFETY: a plain advisory call on an open descriptor.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };

@@ -2,27 +2,19 @@
 //! was checked once, indexed, and held by the page cache; never a purged or bad file.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use pingora_cache::Storage;
 
 use super::nowait::page_cached;
 use super::tests::{body, get, key, obj, open, put, read_all, span};
+use super::tests_nowait::evict_pages;
 
 /// The body bytes a sendable hit would send.
 fn sent_bytes(hit: &super::SendableHit) -> Vec<u8> {
     let mut buf = vec![0u8; usize::try_from(hit.body_len).unwrap()];
     hit.file.read_exact_at(&mut buf, hit.body_off).unwrap();
     buf
-}
-
-/// Drops the file's clean pages from the page cache, as after a reboot.
-fn evict_pages(file: &File) {
-    file.sync_all().unwrap();
-    // SAFETY: a plain advisory call on an open descriptor.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0);
 }
 
 #[tokio::test]
