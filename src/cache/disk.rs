@@ -85,7 +85,7 @@ use format::Corrupt;
 use index::{blocks_for, BLOCK};
 use io::Found;
 pub(crate) use nowait::page_cached;
-pub use sendable::SendableHit;
+pub use sendable::{DiskHead, SendableHit};
 use upkeep::Books;
 
 /// How the disk tier is set up (from `shimmer.cache`).
@@ -137,6 +137,7 @@ struct Counters {
     inline_lookups: AtomicU64,
     blocking_lookups: AtomicU64,
     sendable_hits: AtomicU64,
+    head_decodes: AtomicU64,
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
     write_errors: AtomicU64,
@@ -166,6 +167,8 @@ pub struct DiskStorage {
     pub(crate) degraded_until: AtomicU64,
     started: AtomicBool,
     counters: Counters,
+    /// Decoded heads of files sent with `sendfile` ([`SendableHit`]).
+    heads: sendable::Heads,
     write_log: LogEvery,
     read_log: LogEvery,
     corrupt_log: LogEvery,
@@ -215,6 +218,7 @@ impl DiskStorage {
             degraded_until: AtomicU64::new(0),
             started: AtomicBool::new(false),
             counters: Counters::default(),
+            heads: sendable::Heads::default(),
             write_log: LogEvery::new(60),
             read_log: LogEvery::new(60),
             corrupt_log: LogEvery::new(60),

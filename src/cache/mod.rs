@@ -29,6 +29,36 @@ use pingora_http::ResponseHeader;
 /// its md5, so it never changes; bans and purges remove it explicitly.
 pub const IMMUTABLE_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
+/// An answer head serialized once and sent with every later hit, valid for the config
+/// it was made with (`tag`, the proxy's [`crate::config::AnswerHeaders::generation`]).
+struct PreparedHead {
+    tag: u64,
+    bytes: bytes::Bytes,
+}
+
+/// Where a tier keeps the head the proxy's fast path made for an object, for the
+/// object's next hits (its header never changes while it is stored: a new meta or a
+/// new file is a new slot). Not charged to a budget: a few hundred bytes, made only
+/// for objects that are hit.
+#[derive(Default)]
+pub struct PreparedSlot(arc_swap::ArcSwapOption<PreparedHead>);
+
+impl PreparedSlot {
+    /// The head kept here, if it was made with config `tag`.
+    pub fn get(&self, tag: u64) -> Option<bytes::Bytes> {
+        let kept = self.0.load();
+        kept.as_ref()
+            .filter(|p| p.tag == tag)
+            .map(|p| p.bytes.clone())
+    }
+
+    /// Keeps `bytes`, the head made with config `tag`.
+    pub fn keep(&self, tag: u64, bytes: bytes::Bytes) {
+        let head = PreparedHead { tag, bytes };
+        self.0.store(Some(std::sync::Arc::new(head)));
+    }
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()

@@ -33,14 +33,15 @@ pub(super) async fn serve(
     }
     let socket = Socket::of(session)?;
     let hit = storage.disk_sendable(media.object())?;
+    let head = &hit.head;
     let now = SystemTime::now();
-    if !hit.meta.is_fresh(now) {
+    if head.fresh_until < now {
         return None;
     }
     // A stored header without a Content-Length matching the body is left to the full
     // path, which frames it.
-    let stored = hit.meta.response_header();
-    let declared = stored
+    let declared = head
+        .header
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -48,21 +49,24 @@ pub(super) async fn serve(
     if declared != Some(hit.body_len) {
         return None;
     }
-    // What the full path writes for this hit: the stored header, HTTP/1.1, the
-    // mirror's answer headers, and (sent with it) an Age.
-    let mut parts = RespParts::from(hit.meta.response_header_copy());
-    parts.version = Version::HTTP_11;
-    let age = now
-        .duration_since(hit.meta.updated())
-        .map_or(0, |a| a.as_secs());
-    for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
-        parts.headers.insert(name, value);
-    }
-    let prepared = Socket::prepared_head(parts);
-    let (file, off, len) = (hit.file, hit.body_off, hit.body_len);
+    let age = now.duration_since(head.updated).map_or(0, |a| a.as_secs());
+    let tag = settings.answer.generation;
+    let prepared = head.prepared.get(tag).unwrap_or_else(|| {
+        // What the full path writes for this hit: the stored header, HTTP/1.1, the
+        // mirror's answer headers (and, sent with it, an Age).
+        let mut parts = RespParts::from(head.header.clone());
+        parts.version = Version::HTTP_11;
+        for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
+            parts.headers.insert(name, value);
+        }
+        let bytes = Socket::prepared_head(parts);
+        head.prepared.keep(tag, bytes.clone());
+        bytes
+    });
+    let (off, len) = (hit.body_off, hit.body_len);
     Some(
         socket
-            .send_file(session, &prepared, age, file, off, len)
+            .send_file(session, &prepared, age, hit.file, off, len)
             .await,
     )
 }

@@ -57,9 +57,9 @@ pub(super) async fn serve(
     }
     if let Some(socket) = Socket::of(session) {
         let tag = settings.answer.generation;
-        let prepared = object.prepared(tag).unwrap_or_else(|| {
+        let prepared = object.prepared().get(tag).unwrap_or_else(|| {
             let head = Socket::prepared_head(answer_parts(&object, settings));
-            object.keep_prepared(tag, head.clone());
+            object.prepared().keep(tag, head.clone());
             head
         });
         let sent = socket

@@ -78,26 +78,65 @@ pub(crate) async fn read_at(file: Arc<File>, off: u64, n: usize) -> io::Result<B
 /// wants more than a header check (an shm-cached file, an invalid one, an mtime due a
 /// touch): [`open_checked`] on the blocking pool then does it all.
 pub(crate) fn open_checked_nowait(path: &Path, obj: &ObjectRef) -> Option<Found> {
-    let file = match nowait::open_cached(path) {
-        Ok(Some(f)) => f,
+    let (file, stamp) = match open_fresh_nowait(path) {
+        Ok(Some(opened)) => opened,
         Ok(None) => return None,
         Err(e) if is_absent(&e) => return Some(Found::Missing),
         Err(_) => return None, // the blocking path counts and logs it
     };
+    let header = header_nowait(&file, obj, stamp.len)?;
+    Some(Found::Valid(Opened {
+        file,
+        id: stamp.id,
+        len: stamp.len,
+        mtime: stamp.mtime,
+        kind: Inspected::Ours(header),
+    }))
+}
+
+/// What tells one version of a file from another: a republished object is a new inode,
+/// and a file touched or rewritten in place has a new mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    pub id: FileId,
+    pub len: u64,
+    pub mtime: SystemTime,
+}
+
+/// The first half of [`open_checked_nowait`]: the file at `path`, opened if the kernel
+/// can resolve it without I/O, a regular file whose mtime is not due a touch.
+/// `Ok(None)`: that cannot be had without waiting (or the touch is due); `Err`: a real
+/// answer such as `NotFound`.
+pub(crate) fn open_fresh_nowait(path: &Path) -> io::Result<Option<(File, FileStamp)>> {
+    let Some(file) = nowait::open_cached(path)? else {
+        return Ok(None);
+    };
     // fstat on an open descriptor needs no I/O: the inode is in memory.
-    let md = file.metadata().ok().filter(|md| md.is_file())?;
-    let (id, len) = (FileId::of(&md), md.len());
-    let mtime = md.modified().ok()?;
+    let Some(md) = file.metadata().ok().filter(|md| md.is_file()) else {
+        return Ok(None);
+    };
+    let Ok(mtime) = md.modified() else {
+        return Ok(None);
+    };
     let fresh = SystemTime::now()
         .duration_since(mtime)
         .map_or(true, |age| age <= TOUCH_EVERY);
-    if !fresh {
-        return None;
-    }
+    let stamp = FileStamp {
+        id: FileId::of(&md),
+        len: md.len(),
+        mtime,
+    };
+    Ok(fresh.then_some((file, stamp)))
+}
+
+/// The second half: our header read from the page cache and checked (magic, checksum,
+/// object, length against the file's `len`); `None` if it cannot be read without waiting
+/// or does not check (the blocking path then looks again, and removes a bad file).
+pub(crate) fn header_nowait(file: &File, obj: &ObjectRef, len: u64) -> Option<format::Header> {
     let first = usize::try_from(len).ok()?.min(FIRST_READ);
     let mut head = Vec::with_capacity(first);
     while head.len() < first {
-        match nowait::pread_nowait(&file, &mut head, first, 0) {
+        match nowait::pread_nowait(file, &mut head, first, 0) {
             Ok(Some(n)) if n > 0 => {}
             _ => return None,
         }
@@ -113,13 +152,7 @@ pub(crate) fn open_checked_nowait(path: &Path, obj: &ObjectRef) -> Option<Found>
     if header.header_len.saturating_add(header.body_len) != len {
         return None;
     }
-    Some(Found::Valid(Opened {
-        file,
-        id,
-        len,
-        mtime,
-        kind: Inspected::Ours(header),
-    }))
+    Some(header)
 }
 
 /// Checks the file at `obj`'s path, already open: our header (magic, checksum, object,

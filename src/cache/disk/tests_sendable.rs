@@ -28,7 +28,7 @@ async fn a_file_this_process_wrote_is_sendable_at_once_with_its_body_range() {
         .expect("written here, cached, verified");
     assert_eq!(hit.body_len, b.len() as u64);
     assert_eq!(sent_bytes(&hit), b);
-    assert_eq!(hit.meta.response_header().status, 200);
+    assert_eq!(hit.head.header.status, 200);
     assert_eq!(s.stats().sendable_hits, 1);
 }
 
@@ -115,4 +115,42 @@ fn page_cached_tells_a_cached_range_from_a_dropped_one() {
     evict_pages(&file);
     assert!(!page_cached(&file, 0, 3 * 4096 + 100));
     assert!(!page_cached(&file, 5000, 1));
+}
+
+#[tokio::test]
+async fn a_files_head_is_decoded_once_and_again_for_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    put(s, &key(7), &body(100_000, 7)).await;
+    for _ in 0..3 {
+        assert!(s.lookup_sendable(obj(7)).is_some());
+    }
+    assert_eq!(s.head_decodes(), (1, 1), "decoded once, kept");
+    // Republished (purged and written again): a new inode, decoded again.
+    assert!(s.remove_now(obj(7)));
+    let b = body(120_000, 8);
+    put(s, &key(7), &b).await;
+    let hit = s.lookup_sendable(obj(7)).expect("the new file");
+    assert_eq!(
+        sent_bytes(&hit),
+        b,
+        "the new file's body, not the old head's range"
+    );
+    assert_eq!(s.head_decodes().0, 2);
+}
+
+#[tokio::test]
+async fn a_file_rewritten_in_place_is_not_sent_with_its_old_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    put(s, &key(9), &body(100_000, 9)).await;
+    assert!(s.lookup_sendable(obj(9)).is_some());
+    // Cut short under a running mirror: the length no longer matches the kept head.
+    let path = obj(9).path(dir.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(50_000).unwrap();
+    assert!(
+        s.lookup_sendable(obj(9)).is_none(),
+        "a cut file is never sent"
+    );
 }

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwapOption;
-
 use bytes::Bytes;
 use once_cell::sync::Lazy;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
+
+use crate::cache::PreparedSlot;
 
 /// An object's meta: the internal part serialized, the header decoded. Keeping the header
 /// serialized meant a zstd decompression per hit, ~7% of a 20 KB hit's CPU (perf,
@@ -22,17 +22,8 @@ pub(crate) struct StoredMeta {
     /// What the fast path needs of the internal meta, without decoding it.
     pub(super) fresh_until: SystemTime,
     pub(super) epoch: SystemTime,
-    /// The answer head the proxy's fast path made for this object, kept for its next
-    /// hits (an object's header never changes while it is stored; a new meta is a new
-    /// `StoredMeta`). Not charged: a few hundred bytes, made only for objects hit.
-    prepared: ArcSwapOption<PreparedHead>,
-}
-
-/// An answer head serialized once and sent with every later hit, valid for the config
-/// it was made with (`tag`, the proxy's [`crate::config::AnswerHeaders::generation`]).
-pub struct PreparedHead {
-    pub tag: u64,
-    pub bytes: Bytes,
+    /// The answer head the proxy's fast path made for this object.
+    prepared: PreparedSlot,
 }
 
 /// A completed, fresh object in the memory tier, for the proxy's fast path: what a plain
@@ -58,19 +49,9 @@ impl FreshObject {
         &self.meta.decoded_header
     }
 
-    /// The head kept for this object, if it was made with config `tag`.
-    pub fn prepared(&self, tag: u64) -> Option<Bytes> {
-        let kept = self.meta.prepared.load();
-        kept.as_ref()
-            .filter(|p| p.tag == tag)
-            .map(|p| p.bytes.clone())
-    }
-
-    /// Keeps `bytes`, the head made with config `tag`, for the next hits.
-    pub fn keep_prepared(&self, tag: u64, bytes: Bytes) {
-        self.meta
-            .prepared
-            .store(Some(Arc::new(PreparedHead { tag, bytes })));
+    /// Where the proxy keeps the answer head it made for this object.
+    pub fn prepared(&self) -> &PreparedSlot {
+        &self.meta.prepared
     }
 }
 
@@ -107,7 +88,7 @@ impl StoredMeta {
             decoded_bytes: decoded_bytes(meta),
             fresh_until: meta.fresh_until(),
             epoch: meta.epoch(),
-            prepared: ArcSwapOption::empty(),
+            prepared: PreparedSlot::default(),
         }
     }
 
