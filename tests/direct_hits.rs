@@ -366,8 +366,16 @@ fn a_memory_hit_has_the_full_paths_head_and_a_reload_remakes_it() {
         &with_cache_control("public, max-age=111"),
     );
     let (path, bytes) = w.image(70, 20_000); // fits the memory tier
+    let (on_disk, disk_bytes) = w.image(71, 200_000); // does not
     let mut c = conn(&m);
     let host = m.addr.to_string();
+    for p in [&on_disk, &on_disk] {
+        let r = c
+            .request("GET", &host, p, &[], &[])
+            .expect("disk fill and hit");
+        assert_eq!(r.header("cache-control"), Some("public, max-age=111"));
+    }
+    assert_eq!(sent(&m), 1.0, "the disk hit was sent, its head kept");
     assert_eq!(
         c.request("GET", &host, &path, &[], &[])
             .expect("miss")
@@ -393,16 +401,25 @@ fn a_memory_hit_has_the_full_paths_head_and_a_reload_remakes_it() {
             .count();
         assert_eq!(n, 1, "{name} once: {:?}", hit.headers);
     }
-    assert_eq!(sent(&m), 0.0, "a memory hit is no sendfile");
+    assert_eq!(sent(&m), 1.0, "a memory hit is no sendfile");
 
     // A reload changes the answer headers: the head kept with the object is made again.
-    std::fs::write(&m.conf, with_cache_control("public, max-age=222")).expect("new config");
+    let yaml = std::fs::read_to_string(&m.conf).expect("config");
+    let yaml = yaml.replace("public, max-age=111", "public, max-age=222");
+    std::fs::write(&m.conf, yaml).expect("new config");
     m.proc.signal(libc::SIGHUP);
     wait_until("the reloaded cache-control on a memory hit", || {
         let r = c.request("GET", &host, &path, &[], &[]).ok()?;
         assert_eq!(r.body, bytes);
         (r.header("cache-control") == Some("public, max-age=222")).then_some(())
     });
+    // The disk file's kept head too.
+    let r = c
+        .request("GET", &host, &on_disk, &[], &[])
+        .expect("disk hit");
+    assert_eq!(r.header("cache-control"), Some("public, max-age=222"));
+    assert_eq!(sha256(&r.body), sha256(&disk_bytes));
+    assert_eq!(sent(&m), 2.0);
 }
 
 #[test]

@@ -32,37 +32,40 @@ pub(super) async fn serve(
         return None;
     }
     let socket = Socket::of(session)?;
-    let hit = storage.disk_sendable(media.object())?;
+    let tag = settings.answer.generation;
+    let hit = storage.disk_sendable(media.object(), tag)?;
     let head = &hit.head;
     let now = SystemTime::now();
     if head.fresh_until < now {
         return None;
     }
-    // A stored header without a Content-Length matching the body is left to the full
-    // path, which frames it.
-    let declared = head
-        .header
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared != Some(hit.body_len) {
-        return None;
-    }
-    let age = now.duration_since(head.updated).map_or(0, |a| a.as_secs());
-    let tag = settings.answer.generation;
-    let prepared = head.prepared.get(tag).unwrap_or_else(|| {
-        // What the full path writes for this hit: the stored header, HTTP/1.1, the
-        // mirror's answer headers (and, sent with it, an Age).
-        let mut parts = RespParts::from(head.header.clone());
-        parts.version = Version::HTTP_11;
-        for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
-            parts.headers.insert(name, value);
+    let prepared = match (hit.prepared, hit.header) {
+        (Some(prepared), _) => prepared,
+        (None, Some(header)) => {
+            // A stored header without a Content-Length matching the body is left to
+            // the full path, which frames it (and nothing is kept for it).
+            let declared = header
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared != Some(hit.body_len) {
+                return None;
+            }
+            // What the full path writes for this hit: the stored header, HTTP/1.1, the
+            // mirror's answer headers (and, sent with it, an Age).
+            let mut parts = RespParts::from(header);
+            parts.version = Version::HTTP_11;
+            for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
+                parts.headers.insert(name, value);
+            }
+            let bytes = Socket::prepared_head(parts);
+            head.prepared.keep(tag, bytes.clone());
+            bytes
         }
-        let bytes = Socket::prepared_head(parts);
-        head.prepared.keep(tag, bytes.clone());
-        bytes
-    });
+        (None, None) => return None,
+    };
+    let age = now.duration_since(head.updated).map_or(0, |a| a.as_secs());
     let (off, len) = (hit.body_off, hit.body_len);
     Some(
         socket

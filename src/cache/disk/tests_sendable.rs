@@ -4,11 +4,16 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use bytes::Bytes;
+
 use pingora_cache::Storage;
 
 use super::nowait::page_cached;
 use super::tests::{body, get, key, obj, open, put, read_all, span};
 use super::tests_nowait::evict_pages;
+
+/// The config generation asked about.
+const TAG: u64 = 1;
 
 /// The body bytes a sendable hit would send.
 fn sent_bytes(hit: &super::SendableHit) -> Vec<u8> {
@@ -24,11 +29,11 @@ async fn a_file_this_process_wrote_is_sendable_at_once_with_its_body_range() {
     let b = body(300_000, 1);
     put(s, &key(1), &b).await;
     let hit = s
-        .lookup_sendable(obj(1))
+        .lookup_sendable(obj(1), TAG)
         .expect("written here, cached, verified");
     assert_eq!(hit.body_len, b.len() as u64);
     assert_eq!(sent_bytes(&hit), b);
-    assert_eq!(hit.head.header.status, 200);
+    assert_eq!(hit.header.expect("decoded, no head kept yet").status, 200);
     assert_eq!(s.stats().sendable_hits, 1);
 }
 
@@ -39,20 +44,20 @@ async fn a_file_found_at_restart_is_sent_only_after_a_whole_read_checked_it() {
     let b = body(200_000, 2);
     put(s, &key(2), &b).await;
     let s2 = open(dir.path(), 1 << 30); // a restart
-    assert!(s2.lookup_sendable(obj(2)).is_none(), "not indexed yet");
+    assert!(s2.lookup_sendable(obj(2), TAG).is_none(), "not indexed yet");
     // A ranged read indexes it but checks nothing.
     let (_, mut hit) = s2.lookup(&key(2), &span()).await.unwrap().unwrap();
     hit.seek(1000, Some(2000)).unwrap();
     assert_eq!(read_all(&mut hit).await.unwrap(), &b[1000..2000]);
     assert!(s2.indexed_object(&obj(2).key_hash()).is_some());
     assert!(
-        s2.lookup_sendable(obj(2)).is_none(),
+        s2.lookup_sendable(obj(2), TAG).is_none(),
         "a range checks no CRC"
     );
     // A whole read checks it.
     assert_eq!(get(s2, &key(2)).await.unwrap(), b);
     let hit = s2
-        .lookup_sendable(obj(2))
+        .lookup_sendable(obj(2), TAG)
         .expect("checked once, then sendable");
     assert_eq!(sent_bytes(&hit), b);
 }
@@ -71,7 +76,7 @@ async fn a_flipped_body_byte_found_at_restart_is_never_sent_and_is_removed() {
     let s2 = open(dir.path(), 1 << 30);
     let (_, mut hit) = s2.lookup(&key(3), &span()).await.unwrap().unwrap();
     assert!(read_all(&mut hit).await.is_err(), "the CRC fails the read");
-    assert!(s2.lookup_sendable(obj(3)).is_none());
+    assert!(s2.lookup_sendable(obj(3), TAG).is_none());
     assert!(!path.exists(), "removed");
     assert_eq!(s2.stats().sendable_hits, 0);
 }
@@ -81,9 +86,9 @@ async fn a_purged_object_is_not_sendable() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
     put(s, &key(4), &body(50_000, 4)).await;
-    assert!(s.lookup_sendable(obj(4)).is_some());
+    assert!(s.lookup_sendable(obj(4), TAG).is_some());
     assert!(s.remove_now(obj(4)));
-    assert!(s.lookup_sendable(obj(4)).is_none());
+    assert!(s.lookup_sendable(obj(4), TAG).is_none());
 }
 
 #[tokio::test]
@@ -95,12 +100,12 @@ async fn a_file_whose_pages_were_dropped_is_left_to_the_read_path() {
     let file = File::open(obj(5).path(dir.path())).unwrap();
     evict_pages(&file);
     assert!(
-        s.lookup_sendable(obj(5)).is_none(),
+        s.lookup_sendable(obj(5), TAG).is_none(),
         "sending would wait for the disk on the event loop"
     );
     // The read path brings the pages back, and then it is sendable again.
     assert_eq!(get(s, &key(5)).await.unwrap(), b);
-    assert!(s.lookup_sendable(obj(5)).is_some());
+    assert!(s.lookup_sendable(obj(5), TAG).is_some());
 }
 
 #[test]
@@ -118,25 +123,41 @@ fn page_cached_tells_a_cached_range_from_a_dropped_one() {
 }
 
 #[tokio::test]
-async fn a_files_head_is_decoded_once_and_again_for_a_new_file() {
+async fn a_files_head_is_decoded_until_an_answer_head_is_kept_and_again_for_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
     put(s, &key(7), &body(100_000, 7)).await;
+    let first = s.lookup_sendable(obj(7), TAG).expect("sendable");
+    assert!(first.prepared.is_none() && first.header.is_some());
+    first
+        .head
+        .prepared
+        .keep(TAG, Bytes::from_static(b"HTTP/1.1 200 OK\r\n"));
     for _ in 0..3 {
-        assert!(s.lookup_sendable(obj(7)).is_some());
+        let hit = s.lookup_sendable(obj(7), TAG).expect("sendable");
+        assert_eq!(hit.prepared.as_deref(), Some(&b"HTTP/1.1 200 OK\r\n"[..]));
+        assert!(hit.header.is_none(), "nothing decoded");
     }
     assert_eq!(s.head_decodes(), (1, 1), "decoded once, kept");
-    // Republished (purged and written again): a new inode, decoded again.
+    // Another config: the header is decoded again for its head, the entry stays.
+    let other = s.lookup_sendable(obj(7), TAG + 1).expect("sendable");
+    assert!(other.prepared.is_none() && other.header.is_some());
+    assert_eq!(s.head_decodes(), (2, 1));
+    // Republished (purged and written again): a new inode, a new entry.
     assert!(s.remove_now(obj(7)));
     let b = body(120_000, 8);
     put(s, &key(7), &b).await;
-    let hit = s.lookup_sendable(obj(7)).expect("the new file");
+    let hit = s.lookup_sendable(obj(7), TAG).expect("the new file");
+    assert!(
+        hit.prepared.is_none(),
+        "the old file's head is not the new one's"
+    );
     assert_eq!(
         sent_bytes(&hit),
         b,
-        "the new file's body, not the old head's range"
+        "the new file's body, not the old range"
     );
-    assert_eq!(s.head_decodes().0, 2);
+    assert_eq!(s.head_decodes(), (3, 1));
 }
 
 #[tokio::test]
@@ -144,13 +165,13 @@ async fn a_file_rewritten_in_place_is_not_sent_with_its_old_head() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
     put(s, &key(9), &body(100_000, 9)).await;
-    assert!(s.lookup_sendable(obj(9)).is_some());
+    assert!(s.lookup_sendable(obj(9), TAG).is_some());
     // Cut short under a running mirror: the length no longer matches the kept head.
     let path = obj(9).path(dir.path());
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(50_000).unwrap();
     assert!(
-        s.lookup_sendable(obj(9)).is_none(),
+        s.lookup_sendable(obj(9), TAG).is_none(),
         "a cut file is never sent"
     );
 }
