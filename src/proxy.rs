@@ -261,11 +261,15 @@ impl ProxyHttp for Mirror {
         }
         ctx.only_if_cached = only_if_cached(session.req_header());
         let storage = &self.shared.cache.storage;
-        let mut fast = memory_hit::serve(session, storage, &media, &ctx.settings).await?;
-        if fast.is_none() {
-            fast = disk_hit::serve(session, storage, &media, &ctx.settings)
-                .await
-                .map(FastHit::Direct);
+        let mut fast = None;
+        // A plain GET: the fast paths answer it exactly as the full path would.
+        if memory_hit::eligible(session.req_header()) {
+            fast = memory_hit::serve(session, storage, &media, &ctx.settings).await?;
+            if fast.is_none() {
+                fast = disk_hit::serve(session, storage, &media, &ctx.settings)
+                    .await
+                    .map(FastHit::Direct);
+            }
         }
         if fast.is_some() {
             ctx.outcome = Outcome::Served;

@@ -320,44 +320,14 @@ fn a_warm_copy_larger_than_the_receivers_cache_is_refused_and_evicts_nothing() {
         )
     };
     let evicted_before = evictions();
-    let copies_before = copies(&small);
-    let bytes_before = metric(&small, "shimmer_warm_bytes_total", &[]);
-
     // 2 MiB filled at the other owner: its notice makes the small mirror pull it.
-    let hash = test_hash(899);
-    let whole = jpeg_bytes(2 << 20, 899);
-    data.put("_images", &hash, &whole);
-    let (status, _, body) = get_image(&big, &hash);
-    assert_eq!(status, 200);
-    assert_eq!(sha256(&body), sha256(&whole));
-    let after = wait_pulls(&small, &copies_before, 1.0);
-    assert_eq!(
-        after["too_large"] - copies_before["too_large"],
-        1.0,
-        "refused as too large: {after:?}"
-    );
-    assert_eq!(
-        after["copied"], copies_before["copied"],
-        "counted as copied"
-    );
-    assert_eq!(
-        metric(&small, "shimmer_warm_bytes_total", &[]),
-        bytes_before,
-        "no body bytes were pulled for it"
-    );
-    assert!(!held(&small, &hash), "the big copy is held");
+    let (hash, pulled) = refused_pull(&data, &big, &small, 899, 2 << 20, "too_large");
+    assert_eq!(pulled, 0.0, "no body bytes were pulled for it");
     assert_eq!(evictions(), evicted_before, "something was evicted for it");
-    for (hash, bytes) in &mine {
-        let (status, x_cache, body) = get_image(&small, hash);
-        assert_eq!(
-            (status, x_cache.as_str()),
-            (200, "HIT"),
-            "{hash} still held"
-        );
-        assert_eq!(sha256(&body), sha256(bytes));
-    }
+    assert_still_held(&small, &mine);
 
     // The normal path still serves it, whole, and the mirror stays healthy.
+    let whole = jpeg_bytes(2 << 20, 899);
     for _ in 0..2 {
         let (status, _, body) = get_image(&small, &hash);
         assert_eq!(status, 200);
@@ -369,7 +339,7 @@ fn a_warm_copy_larger_than_the_receivers_cache_is_refused_and_evicts_nothing() {
 }
 
 /// A copy that fits the cache but that the memory tier's admission refuses (its hot
-/// set is read far more often than a newcomer, and there is no disk tier) is pulled
+/// set was admitted more often than a newcomer, and there is no disk tier) is pulled
 /// whole, kept by no tier, and counted as `not_admitted`, never as `copied`; the hot
 /// set stays.
 #[test]
@@ -433,34 +403,50 @@ fn a_warm_copy_no_tier_admits_is_counted_not_admitted_and_the_hot_set_stays() {
             assert_eq!(sha256(&body), sha256(bytes));
         }
     }
-    let copies_before = copies(&small);
-    let bytes_before = metric(&small, "shimmer_warm_bytes_total", &[]);
-
     // A newcomer filled at the other owner; its notice makes the small mirror pull it.
-    let hash = test_hash(799);
-    let whole = jpeg_bytes(300_000, 799);
+    let (_, pulled) = refused_pull(&data, &big, &small, 799, 300_000, "not_admitted");
+    assert_eq!(pulled, 300_000.0, "the body was pulled whole");
+    assert_still_held(&small, &mine);
+}
+
+/// A newcomer of `len` bytes filled at `big`, whose notice makes `small` pull it: waits
+/// for the pull, checks that it counted as `result`, never as `copied`, and that
+/// `small` does not hold it. Its hash, and the warm bytes `small` pulled for it.
+fn refused_pull(
+    data: &DataDir,
+    big: &Mirror,
+    small: &Mirror,
+    seed: u64,
+    len: usize,
+    result: &str,
+) -> (String, f64) {
+    let copies_before = copies(small);
+    let bytes_before = metric(small, "shimmer_warm_bytes_total", &[]);
+    let hash = test_hash(seed);
+    let whole = jpeg_bytes(len, seed);
     data.put("_images", &hash, &whole);
-    let (status, _, body) = get_image(&big, &hash);
+    let (status, _, body) = get_image(big, &hash);
     assert_eq!(status, 200);
     assert_eq!(sha256(&body), sha256(&whole));
-    let after = wait_pulls(&small, &copies_before, 1.0);
+    let after = wait_pulls(small, &copies_before, 1.0);
     assert_eq!(
-        after["not_admitted"] - copies_before["not_admitted"],
+        after[result] - copies_before[result],
         1.0,
-        "counted as not admitted: {after:?}"
+        "counted as {result}: {after:?}"
     );
     assert_eq!(
         after["copied"], copies_before["copied"],
         "counted as copied"
     );
-    assert_eq!(
-        metric(&small, "shimmer_warm_bytes_total", &[]) - bytes_before,
-        whole.len() as f64,
-        "the body was pulled whole"
-    );
-    assert!(!held(&small, &hash), "the refused copy is held");
-    for (hash, bytes) in &mine {
-        let (status, x_cache, body) = get_image(&small, hash);
+    assert!(!held(small, &hash), "the refused copy is held");
+    let pulled = metric(small, "shimmer_warm_bytes_total", &[]) - bytes_before;
+    (hash, pulled)
+}
+
+/// Every image of `mine` is still a hit at `small`, whole.
+fn assert_still_held(small: &Mirror, mine: &[(String, Vec<u8>)]) {
+    for (hash, bytes) in mine {
+        let (status, x_cache, body) = get_image(small, hash);
         assert_eq!(
             (status, x_cache.as_str()),
             (200, "HIT"),

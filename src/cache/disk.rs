@@ -85,7 +85,7 @@ use format::Corrupt;
 use index::{blocks_for, BLOCK};
 use io::Found;
 pub(crate) use nowait::page_cached;
-pub use sendable::{DiskHead, SendableHit};
+pub use sendable::{AnswerHead, DiskHead, SendableHit};
 use upkeep::Books;
 
 /// How the disk tier is set up (from `shimmer.cache`).

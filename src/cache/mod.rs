@@ -57,6 +57,15 @@ impl PreparedSlot {
         let head = PreparedHead { tag, bytes };
         self.0.store(Some(std::sync::Arc::new(head)));
     }
+
+    /// The head kept for config `tag`, or the one `make` makes, kept from now on.
+    pub fn get_or_make(&self, tag: u64, make: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        self.get(tag).unwrap_or_else(|| {
+            let bytes = make();
+            self.keep(tag, bytes.clone());
+            bytes
+        })
+    }
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

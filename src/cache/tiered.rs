@@ -210,13 +210,13 @@ impl TieredStorage {
     /// A disk hit that can be sent from the page cache without a read (see
     /// `cache/disk/sendable.rs`), unless a fill for it is in progress (it would be newer).
     /// Asked after the memory tier had no fresh copy.
-    /// `tag`: the config the caller's answer heads are made for.
-    pub fn disk_sendable(&self, obj: ObjectRef, tag: u64) -> Option<SendableHit> {
+    /// `tag`: the config the caller's answer heads are made for; `now`: fresh when.
+    pub fn disk_sendable(&self, obj: ObjectRef, tag: u64, now: SystemTime) -> Option<SendableHit> {
         let disk = self.disk?;
         if self.fill_progress(&obj.key_hash()).is_some() {
             return None;
         }
-        disk.lookup_sendable(obj, tag)
+        disk.lookup_sendable(obj, tag, now)
     }
 
     /// Whether a body of `body_len` with a meta the memory tier charges `meta_len` for

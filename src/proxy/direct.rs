@@ -313,3 +313,129 @@ impl Waiter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A socket pair: the answering side (non-blocking, as Pingora's) and the client.
+    fn pair() -> (Socket, UnixStream, UnixStream) {
+        let (ours, client) = UnixStream::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let socket = Socket {
+            fd: ours.as_raw_fd(),
+            keepalive: true,
+        };
+        (socket, ours, client)
+    }
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// Reads `client` to its end in the background, slowly, so the socket fills.
+    fn slow_reader(mut client: UnixStream) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut chunk = [0u8; 64 << 10];
+            loop {
+                match client.read(&mut chunk) {
+                    Ok(0) | Err(_) => return all,
+                    Ok(n) => all.extend_from_slice(&chunk[..n]),
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    }
+
+    fn file_of(dir: &std::path::Path, body: &[u8]) -> File {
+        let path = dir.join("body");
+        std::fs::write(&path, body).expect("write");
+        File::open(&path).expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_socket_takes_waits_for_room_and_arrives_whole() {
+        let (socket, ours, client) = pair();
+        let reader = slow_reader(client);
+        let body = bytes(8 << 20, 1);
+        let written = socket.write_parts([b"head\r\n", b"\r\n", &body], 0).await;
+        assert!(written.is_ok());
+        drop(ours);
+        let got = reader.join().expect("reader");
+        assert_eq!(got.len(), 8 + body.len());
+        assert!(got[8..] == body[..], "the body, whole and in order");
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_cuts_the_answer_with_what_was_sent() {
+        let (socket, _ours, client) = pair();
+        drop(client);
+        let body = bytes(100_000, 2);
+        let Err(cut) = socket.write_parts([b"head\r\n\r\n", b"", &body], 0).await else {
+            panic!("a write to a closed peer succeeded");
+        };
+        assert_eq!(cut.body_bytes, 0);
+        assert_eq!(cut.error.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_the_length_sent_is_cut_never_padded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = bytes(10_000, 3);
+        let (socket, ours, mut client) = pair();
+        let Err(cut) = socket
+            .write_file(file_of(dir.path(), &body), 0, 20_000)
+            .await
+        else {
+            panic!("a short file was sent as whole");
+        };
+        assert_eq!(cut.body_bytes, 10_000);
+        assert_eq!(cut.error.kind(), io::ErrorKind::UnexpectedEof);
+        drop(ours);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("read");
+        assert_eq!(got, body, "what the file had, nothing more");
+    }
+
+    #[tokio::test]
+    async fn a_long_file_whose_pages_were_dropped_is_sent_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = bytes(3 * FILE_PIECE as usize + 1000, 4);
+        let file = file_of(dir.path(), &body);
+        file.sync_all().expect("sync");
+        // SAFETY: a plain advisory call on an open descriptor.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let (socket, ours, client) = pair();
+        let reader = slow_reader(client);
+        let sent = socket.write_file(file, 0, body.len() as u64).await;
+        assert!(
+            sent.is_ok(),
+            "pieces not in the page cache go by the blocking pool"
+        );
+        drop(ours);
+        assert!(reader.join().expect("reader") == body);
+    }
+
+    #[tokio::test]
+    async fn the_changing_fields_end_the_head_and_follow_the_keepalive_decision() {
+        let (mut socket, _ours, _client) = pair();
+        let tail = socket.changing_fields(7);
+        let text = String::from_utf8(tail.to_vec()).expect("ASCII");
+        assert!(text.starts_with("Age: 7\r\nDate: "), "{text}");
+        assert!(
+            text.ends_with("\r\nConnection: keep-alive\r\n\r\n"),
+            "{text}"
+        );
+        socket.keepalive = false;
+        let text = String::from_utf8(socket.changing_fields(0).to_vec()).expect("ASCII");
+        assert!(text.ends_with("\r\nConnection: close\r\n\r\n"), "{text}");
+    }
+}

@@ -7,14 +7,13 @@
 
 use std::time::SystemTime;
 
-use http::response::Parts as RespParts;
-use http::{header, HeaderValue, Method, Version};
+use http::{header, HeaderValue, Method};
 use pingora::prelude::*;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::direct::Socket;
+use super::respond::hit_parts;
 use super::FastHit;
-use crate::cache::memory::FreshObject;
 use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
 use crate::request::MediaRequest;
@@ -29,18 +28,15 @@ pub(super) fn eligible(req: &RequestHeader) -> bool {
         })
 }
 
-/// Answers the request from memory if it can: `Some` when the response was written,
-/// on the socket directly over plain HTTP/1.1 (one `writev` of the head kept with the
-/// object, see [`super::direct`]), through Pingora's writer otherwise.
+/// Answers an [`eligible`] request from memory if it can: `Some` when the response
+/// was written, on the socket directly over plain HTTP/1.1 (one `writev` of the head
+/// kept with the object, see [`super::direct`]), through Pingora's writer otherwise.
 pub(super) async fn serve(
     session: &mut Session,
     storage: &TieredStorage,
     media: &MediaRequest,
     settings: &Settings,
 ) -> Result<Option<FastHit>> {
-    if !eligible(session.req_header()) {
-        return Ok(None);
-    }
     let key = media.object().key_hash();
     let Some(object) = storage.memory_fresh_object(&key, SystemTime::now()) else {
         return Ok(None);
@@ -55,19 +51,18 @@ pub(super) async fn serve(
     {
         return Ok(None);
     }
+    let parts = || hit_parts(object.header().clone(), settings);
     if let Some(socket) = Socket::of(session) {
         let tag = settings.answer.generation;
-        let prepared = object.prepared().get(tag).unwrap_or_else(|| {
-            let head = Socket::prepared_head(answer_parts(&object, settings));
-            object.prepared().keep(tag, head.clone());
-            head
-        });
+        let head = object
+            .prepared()
+            .get_or_make(tag, || Socket::prepared_head(parts()));
         let sent = socket
-            .send_prepared(session, &prepared, object.age_secs, &object.body)
+            .send_prepared(session, &head, object.age_secs, &object.body)
             .await;
         return Ok(Some(FastHit::Direct(sent)));
     }
-    let mut parts = answer_parts(&object, settings);
+    let mut parts = parts();
     parts
         .headers
         .insert(header::AGE, HeaderValue::from(object.age_secs));
@@ -75,19 +70,6 @@ pub(super) async fn serve(
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(object.body), true).await?;
     Ok(Some(FastHit::Pingora))
-}
-
-/// The stored header as a hit answers it, but for `Age`: HTTP/1.1 and the mirror's
-/// answer headers. The stored header keeps no name case (src/cache/memory/meta.rs), so
-/// nothing is lost by editing its map directly, which skips Pingora's per-insert name
-/// parsing.
-fn answer_parts(object: &FreshObject, settings: &Settings) -> RespParts {
-    let mut parts = RespParts::from(object.header().clone());
-    parts.version = Version::HTTP_11;
-    for (name, value) in super::respond::answer_headers(parts.status, settings, "HIT") {
-        parts.headers.insert(name, value);
-    }
-    parts
 }
 
 #[cfg(test)]

@@ -67,6 +67,19 @@ pub(super) fn answer_headers(
     ]
 }
 
+/// A stored header as a hit answers it, but for `Age`: HTTP/1.1 and the mirror's
+/// answer headers, for the fast paths (`memory_hit.rs`, `disk_hit.rs`). Stored headers
+/// keep no name case (src/cache/memory/meta.rs), so nothing is lost by editing the map
+/// directly, which skips Pingora's per-insert name parsing.
+pub(super) fn hit_parts(stored: ResponseHeader, s: &Settings) -> http::response::Parts {
+    let mut parts = http::response::Parts::from(stored);
+    parts.version = http::Version::HTTP_11;
+    for (name, value) in answer_headers(parts.status, s, "HIT") {
+        parts.headers.insert(name, value);
+    }
+    parts
+}
+
 /// [`answer_headers`] into a header of the full path.
 pub(super) fn decorate(
     resp: &mut ResponseHeader,

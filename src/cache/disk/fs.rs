@@ -17,6 +17,12 @@ pub(crate) struct FileId {
 }
 
 impl FileId {
+    /// A made-up identity, for tests of what is keyed by it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(ino: u64) -> FileId {
+        FileId { dev: 0, ino }
+    }
+
     pub(crate) fn of(md: &Metadata) -> FileId {
         FileId {
             dev: md.dev(),

@@ -39,21 +39,27 @@ use super::{nowait, DiskStorage};
 use crate::cache::PreparedSlot;
 use crate::object::ObjectRef;
 
-/// How many decoded heads are kept (a few hundred bytes each); past it the map starts
+/// How many decoded heads are kept (about 600 bytes each); past it the map starts
 /// over, so it stays bounded whatever the traffic.
-const HEADS_KEPT: usize = 16_384;
+pub(super) const HEADS_KEPT: usize = 16_384;
 
-/// A disk hit to be sent from its file.
+/// A disk hit to be sent from its file: fresh, its body exactly the length its stored
+/// header declares (a header without one is left to the full path, which frames it).
 pub struct SendableHit {
     pub file: File,
     /// Where the body starts in the file, and its length.
     pub body_off: u64,
     pub body_len: u64,
     pub head: Arc<DiskHead>,
-    /// The answer head kept for this file and the config asked about; when there is
-    /// none, `header` is the stored header, decoded for the caller to make it.
-    pub prepared: Option<Bytes>,
-    pub header: Option<ResponseHeader>,
+    pub answer: AnswerHead,
+}
+
+/// The answer head for a hit: the one kept for this file and the config asked about,
+/// or the stored header, decoded for the caller to make it (and keep it in
+/// [`DiskHead::prepared`]).
+pub enum AnswerHead {
+    Kept(Bytes),
+    Make(ResponseHeader),
 }
 
 /// What a hit needs of a file's meta, decoded once per file. The header itself is not
@@ -66,6 +72,19 @@ pub struct DiskHead {
     pub prepared: PreparedSlot,
     header_len: u64,
     body_len: u64,
+}
+
+#[cfg(test)]
+impl DiskHead {
+    pub(super) fn for_tests() -> Arc<DiskHead> {
+        Arc::new(DiskHead {
+            fresh_until: SystemTime::UNIX_EPOCH,
+            updated: SystemTime::UNIX_EPOCH,
+            prepared: PreparedSlot::default(),
+            header_len: 0,
+            body_len: 0,
+        })
+    }
 }
 
 /// Decoded heads by object, each for one version of its file.
@@ -83,7 +102,7 @@ impl Heads {
         (kept == stamp).then(|| head.clone())
     }
 
-    fn keep(&self, key: HashBinary, stamp: FileStamp, head: Arc<DiskHead>) {
+    pub(super) fn keep(&self, key: HashBinary, stamp: FileStamp, head: Arc<DiskHead>) {
         let mut map = self.map.lock();
         if map.len() >= HEADS_KEPT && !map.contains_key(&key) {
             map.clear();
@@ -98,9 +117,14 @@ impl Heads {
 }
 
 impl DiskStorage {
-    /// `obj` as a [`SendableHit`], if it qualifies (see the module doc); never waits.
-    /// `tag`: the config the caller's answer heads are made for.
-    pub fn lookup_sendable(&'static self, obj: ObjectRef, tag: u64) -> Option<SendableHit> {
+    /// `obj` as a [`SendableHit`], if it qualifies (see the module doc) and is fresh at
+    /// `now`; never waits. `tag`: the config the caller's answer heads are made for.
+    pub fn lookup_sendable(
+        &'static self,
+        obj: ObjectRef,
+        tag: u64,
+        now: SystemTime,
+    ) -> Option<SendableHit> {
         #[cfg(test)]
         if self.hook.lock().is_some() {
             return None; // the race tests' hooks run on the blocking path
@@ -110,27 +134,16 @@ impl DiskStorage {
         let (file, stamp) = io::open_fresh_nowait(&obj.path(self.dir())).ok()??;
         let key = obj.key_hash();
         let kept = self.heads.get(&key, &stamp);
-        let prepared = kept.as_ref().and_then(|h| h.prepared.get(tag));
-        let (head, header) = match (kept, &prepared) {
-            (Some(head), Some(_)) => (head, None),
-            (kept, _) => {
-                let header = io::header_nowait(&file, &obj, stamp.len)?;
-                let meta = header.meta.to_meta().ok()?;
-                self.counters.head_decodes.fetch_add(1, Ordering::Relaxed);
-                let head = kept.unwrap_or_else(|| {
-                    let head = Arc::new(DiskHead {
-                        fresh_until: meta.fresh_until(),
-                        updated: meta.updated(),
-                        prepared: PreparedSlot::default(),
-                        header_len: header.header_len,
-                        body_len: header.body_len,
-                    });
-                    self.heads.keep(key, stamp, head.clone());
-                    head
-                });
-                (head, Some(meta.response_header_copy()))
+        let (head, answer) = match kept.as_ref().and_then(|h| h.prepared.get(tag)) {
+            Some(bytes) => (kept?, AnswerHead::Kept(bytes)),
+            None => {
+                let (head, stored) = self.decode_head(&file, obj, stamp, kept)?;
+                (head, AnswerHead::Make(stored))
             }
         };
+        if head.fresh_until < now {
+            return None;
+        }
         // Touched here, as every hit is; an entry the path no longer matches (purged
         // since the open) is not indexed and not sent.
         let verified = self.books.lock().index.touch_verified(&key)?;
@@ -143,9 +156,39 @@ impl DiskStorage {
             body_off: head.header_len,
             body_len: head.body_len,
             head,
-            prepared,
-            header,
+            answer,
         })
+    }
+
+    /// Reads and decodes the file's header (the kept head, if any, is still right for
+    /// this file: only its answer head is missing for the config asked about). `None`
+    /// for a header that cannot be read without waiting, does not check, or declares no
+    /// length matching the body.
+    fn decode_head(
+        &self,
+        file: &File,
+        obj: ObjectRef,
+        stamp: FileStamp,
+        kept: Option<Arc<DiskHead>>,
+    ) -> Option<(Arc<DiskHead>, ResponseHeader)> {
+        let header = io::header_nowait(file, &obj, stamp.len)?;
+        let meta = header.meta.to_meta().ok()?;
+        self.counters.head_decodes.fetch_add(1, Ordering::Relaxed);
+        if crate::cache::declared_len(&meta) != Some(header.body_len) {
+            return None;
+        }
+        let head = kept.unwrap_or_else(|| {
+            let head = Arc::new(DiskHead {
+                fresh_until: meta.fresh_until(),
+                updated: meta.updated(),
+                prepared: PreparedSlot::default(),
+                header_len: header.header_len,
+                body_len: header.body_len,
+            });
+            self.heads.keep(obj.key_hash(), stamp, head.clone());
+            head
+        });
+        Some((head, meta.response_header_copy()))
     }
 
     /// Records that `obj`'s indexed file had its whole body checked against its CRC.
