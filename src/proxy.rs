@@ -266,7 +266,9 @@ impl ProxyHttp for Mirror {
         if memory_hit::eligible(session.req_header()) {
             fast = memory_hit::serve(session, storage, &media, &ctx.settings).await?;
             if fast.is_none() {
-                fast = disk_hit::serve(session, storage, &media, &ctx.settings)
+                // Boxed: its future (the sendfile loop) would otherwise grow every
+                // request's, and memory hits would move it around for nothing.
+                fast = Box::pin(disk_hit::serve(session, storage, &media, &ctx.settings))
                     .await
                     .map(FastHit::Direct);
             }
