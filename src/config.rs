@@ -123,9 +123,6 @@ pub struct Settings {
     /// How long a request waits for another's fill (the lock's age limit is set at
     /// start).
     pub lock_timeout: Duration,
-    /// How long a plain GET for an image being fetched waits for it to be whole before
-    /// it streams the fill (`cache/flights.rs`); at most `lock_timeout`.
-    pub hold_for_fill: Duration,
     pub not_found_ttl: Duration,
     /// A single Range starting more than this many bytes past what a fill in progress
     /// has written is fetched from the origin at once instead of waiting (0: never).

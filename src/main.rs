@@ -124,28 +124,6 @@ fn main() -> ExitCode {
     run(opt, loaded, cli.conf)
 }
 
-/// Raises the soft limit on open descriptors to the hard one, as a server with many
-/// connections wants (Go's runtime does the same at start): Debian's soft default of
-/// 1,024 is a few hundred clients. Half of it is what sealed memory bodies may hold.
-fn raise_descriptor_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid pointer for both calls.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
-            // An unlimited hard limit is still capped by the kernel's nr_open.
-            lim.rlim_cur = lim.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
-        }
-    };
-    if !raised {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!("cannot raise the open-descriptor limit: {e}");
-    }
-}
-
 fn run(opt: Opt, loaded: Config, path: Option<PathBuf>) -> ExitCode {
     let Config {
         fixed,
@@ -154,7 +132,6 @@ fn run(opt: Opt, loaded: Config, path: Option<PathBuf>) -> ExitCode {
         live,
     } = loaded;
     let set_log_level = init_tracing(live.log_filter);
-    raise_descriptor_limit();
     let settings = live.settings;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();

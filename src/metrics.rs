@@ -63,12 +63,6 @@ metric!(RANGE_PASSTHROUGHS: IntCounterVec = register_int_counter_vec!(
     &["answer"]
 ));
 
-metric!(HELD_REQUESTS: IntCounterVec = register_int_counter_vec!(
-    "shimmer_held_requests_total",
-    "Plain GETs that arrived while their object was being fetched and held for it to be whole, by how they were answered (hit: whole in time, answered like any hit; streamed: still filling when the hold ran out, streamed from the fill; missed: the fetch ended with nothing to serve from the cache, so the full path answered).",
-    &["answer"]
-));
-
 metric!(RANGE_PASSTHROUGH_BYTES: IntCounter = register_int_counter!(
     "shimmer_range_passthrough_bytes_total",
     "Body bytes sent to clients by Range pass-throughs: fetched from the origin besides the fill."
@@ -348,9 +342,6 @@ pub fn init() {
     Lazy::force(&RANGE_PASSTHROUGH_BYTES);
     for answer in ["partial", "whole", "error"] {
         RANGE_PASSTHROUGHS.with_label_values(&[answer]);
-    }
-    for answer in ["hit", "streamed", "missed"] {
-        HELD_REQUESTS.with_label_values(&[answer]);
     }
     for reason in ["owner", "handoff"] {
         for result in ["hit", "miss"] {

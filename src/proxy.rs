@@ -29,7 +29,6 @@ mod route;
 mod upstream;
 mod warm_notice;
 
-use crate::cache::tiered::{FlightGuard, TieredStorage, Waited};
 use crate::cache::IMMUTABLE_TTL;
 use crate::config::Settings;
 use crate::fleet::FillReason;
@@ -77,47 +76,6 @@ enum FastHit {
     Direct(direct::Sent),
 }
 
-/// The fast paths: a memory hit, else a disk hit that can be sent from the page cache.
-async fn fast_hit(
-    session: &mut Session,
-    storage: &TieredStorage,
-    media: &MediaRequest,
-    settings: &Settings,
-) -> Result<Option<FastHit>> {
-    if let Some(hit) = memory_hit::serve(session, storage, media, settings).await? {
-        return Ok(Some(hit));
-    }
-    // Boxed: its future (the sendfile loop) would otherwise grow every request's, and
-    // memory hits would move it around for nothing.
-    let sent = Box::pin(disk_hit::serve(session, storage, media, settings)).await;
-    Ok(sent.map(FastHit::Direct))
-}
-
-/// [`fast_hit`] after holding for an object being fetched to be whole; `None` (the
-/// full path answers) when nothing was under way, the hold ran out, or the fetch left
-/// nothing to answer from (counted in `shimmer_held_requests_total`).
-async fn held_fast_hit(
-    session: &mut Session,
-    storage: &TieredStorage,
-    media: &MediaRequest,
-    settings: &Settings,
-) -> Result<Option<FastHit>> {
-    let key = media.object().key_hash();
-    if settings.hold_for_fill.is_zero() {
-        return Ok(None);
-    }
-    let (hit, answer) = match storage.wait_whole(&key, settings.hold_for_fill).await {
-        Waited::Nothing => return Ok(None),
-        Waited::Held => (None, "streamed"),
-        Waited::Ended => match fast_hit(session, storage, media, settings).await? {
-            Some(hit) => (Some(hit), "hit"),
-            None => (None, "missed"),
-        },
-    };
-    metrics::HELD_REQUESTS.with_label_values(&[answer]).inc();
-    Ok(hit)
-}
-
 /// Per-request state: the snapshot of the settings and what was learned on the way.
 pub struct RequestCtx {
     settings: Arc<Settings>,
@@ -153,9 +111,6 @@ pub struct RequestCtx {
     from_origin: bool,
     /// A Range far ahead of a fill in progress, fetched from the origin uncached.
     range_pass: Option<range::RangePass>,
-    /// This request fetches its object for the cache (pingora's lock writer): requests
-    /// for the same object hold for it until it is whole (`cache/flights.rs`).
-    flight: Option<FlightGuard>,
     started: Instant,
 }
 
@@ -190,7 +145,6 @@ impl ProxyHttp for Mirror {
             filled_from: None,
             from_origin: false,
             range_pass: None,
-            flight: None,
             started: Instant::now(),
         }
     }
@@ -310,11 +264,13 @@ impl ProxyHttp for Mirror {
         let mut fast = None;
         // A plain GET: the fast paths answer it exactly as the full path would.
         if memory_hit::eligible(session.req_header()) {
-            fast = fast_hit(session, storage, &media, &ctx.settings).await?;
-            // Being fetched by another request: hold until it is whole, then answer
-            // as a hit (a fill slower than the hold streams on the full path).
+            fast = memory_hit::serve(session, storage, &media, &ctx.settings).await?;
             if fast.is_none() {
-                fast = held_fast_hit(session, storage, &media, &ctx.settings).await?;
+                // Boxed: its future (the sendfile loop) would otherwise grow every
+                // request's, and memory hits would move it around for nothing.
+                fast = Box::pin(disk_hit::serve(session, storage, &media, &ctx.settings))
+                    .await
+                    .map(FastHit::Direct);
             }
         }
         if fast.is_some() {
@@ -541,14 +497,6 @@ impl ProxyHttp for Mirror {
             crate::origin::upstream::replace_body(body, end_of_stream, text);
         }
         Ok(None)
-    }
-
-    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
-        session.cache.cache_miss();
-        if let (Route::Here, Some(media)) = (&ctx.route, &ctx.media) {
-            let key = media.object().key_hash();
-            ctx.flight = Some(self.shared.cache.storage.fetching(key));
-        }
     }
 
     fn response_cache_filter(

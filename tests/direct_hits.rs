@@ -45,10 +45,6 @@ impl World {
             "    dir: {}\n    disk_bytes: 1G\n{CACHE}",
             path_str(&self.cache)
         );
-        self.spec_with(port, &extra)
-    }
-
-    fn spec_with(&self, port: u16, extra: &str) -> String {
         let origin = format!("http://{}", self.origin.addr);
         let spec = MirrorSpec {
             node: "a",
@@ -56,7 +52,7 @@ impl World {
             origins: vec![origin],
             image_ilink: format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext"),
             image_tlink: format!("http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"),
-            extra_cache: extra,
+            extra_cache: &extra,
             extra_origin: "",
         };
         mirror_yaml(self.work.path(), &spec)
@@ -87,10 +83,6 @@ fn metric(m: &Mirror, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 fn sent(m: &Mirror) -> f64 {
     metric(m, SENT, &[("tier", "disk")])
-}
-
-fn sealed_sent(m: &Mirror) -> f64 {
-    metric(m, SENT, &[("tier", "memory")])
 }
 
 fn get(m: &Mirror, path: &str) -> HttpResponse {
@@ -454,90 +446,4 @@ fn a_get_with_a_body_takes_the_full_path_which_closes_after_it() {
     let r = get(&m, &path);
     assert_eq!(sha256(&r.body), sha256(&bytes));
     assert_eq!(sent(&m), 1.0);
-}
-
-#[test]
-fn a_sealed_memory_hit_is_sent_whole_with_the_full_paths_head_and_tls_reads_it() {
-    let w = World::new();
-    let cert = make_cert(w.work.path(), "tls", &["localhost"]);
-    let (port, tls_port) = (free_port(), free_port());
-    let tls = format!(
-        "  tls:\n    listen: [\"127.0.0.1:{tls_port}\"]\n    certs:\n      - {{cert: \"{}\", key: \"{}\"}}\n",
-        path_str(&cert.cert),
-        path_str(&cert.key)
-    );
-    // Memory only, default object limit: a body of 64 KiB or more is sealed in a memfd.
-    let yaml = w
-        .spec_with(port, "")
-        .replacen("shimmer:\n", &format!("shimmer:\n{tls}"), 1);
-    let mut m = Mirror::start_yaml(w.work.path(), port, &yaml);
-    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
-    wait_for_port(&mut m.proc, tls_addr, "TLS listener");
-    let host = m.addr.to_string();
-    let (path, bytes) = w.image(90, 3 << 20);
-    let (small, small_bytes) = w.image(91, 30_000);
-    let mut c = conn(&m);
-    for p in [&path, &small] {
-        let r = c.request("GET", &host, p, &[], &[]).expect("fill");
-        assert_eq!((r.status, r.header("x-cache")), (200, Some("MISS")));
-    }
-    assert_eq!(metric(&m, "shimmer_cache_sealed_bodies", &[]), 1.0);
-
-    let hit = c.request("GET", &host, &path, &[], &[]).expect("hit");
-    assert_eq!((hit.status, hit.header("x-cache")), (200, Some("HIT")));
-    assert_eq!(sha256(&hit.body), sha256(&bytes));
-    assert_eq!(sealed_sent(&m), 1.0, "sent with sendfile");
-    assert_eq!(hit.header("connection"), Some("keep-alive"));
-    let full = c
-        .request("GET", &host, &path, &[("If-None-Match", "\"other\"")], &[])
-        .expect("full path");
-    assert_eq!(stable_head(&hit), stable_head(&full));
-    assert_eq!(
-        sha256(&full.body),
-        sha256(&bytes),
-        "the full path reads the mapping"
-    );
-    let range = c
-        .request(
-            "GET",
-            &host,
-            &path,
-            &[("Range", "bytes=100000-100009")],
-            &[],
-        )
-        .expect("range");
-    assert_eq!(
-        (range.status, &range.body[..]),
-        (206, &bytes[100_000..100_010])
-    );
-    let r = c
-        .request("GET", &host, &small, &[], &[])
-        .expect("small hit");
-    assert_eq!(r.body, small_bytes);
-    assert_eq!(
-        sealed_sent(&m),
-        1.0,
-        "a small body is written, not sent from a memfd"
-    );
-
-    // Pipelined behind one another on the same connection.
-    for _ in 0..3 {
-        c.send("GET", &host, &path, &[], &[]).expect("send");
-    }
-    for _ in 0..3 {
-        let r = c.read_response(false).expect("pipelined");
-        assert_eq!(sha256(&r.body), sha256(&bytes));
-    }
-    assert_eq!(sealed_sent(&m), 4.0);
-
-    // TLS reads the same bytes through the mapping and encrypts them.
-    let stream = tls_connect(tls_addr, Some("localhost"), Some(b"\x08http/1.1")).expect("TLS");
-    let mut t = HttpConn::new(stream);
-    let r = t
-        .request("GET", "localhost", &path, &[], &[])
-        .expect("TLS GET");
-    assert_eq!((r.status, r.header("x-cache")), (200, Some("HIT")));
-    assert_eq!(sha256(&r.body), sha256(&bytes));
-    assert_eq!(sealed_sent(&m), 4.0, "TLS hits are copied and encrypted");
-    assert_eq!(metric(&m, "shimmer_cache_seal_fallbacks_total", &[]), 0.0);
 }

@@ -22,7 +22,6 @@
 mod fill;
 mod hit;
 mod meta;
-pub(crate) mod sealed;
 #[cfg(test)]
 mod tests;
 
@@ -50,7 +49,6 @@ use fill::{Fill, MemoryMissHandler};
 use hit::CompleteHit;
 pub use meta::FreshObject;
 pub(crate) use meta::StoredMeta;
-use sealed::{SealedBody, SEALED_MIN_BYTES};
 
 /// Bytes charged per object on top of body and metadata: a fixed estimate of our
 /// bookkeeping (ledger entry, TinyUFO bucket and queue slot, `Arc`s, key).
@@ -82,13 +80,6 @@ pub struct MemoryStats {
     pub fills: usize,
     /// Body bytes held by fills in progress (and their readers), outside the budget.
     pub fill_bytes: usize,
-    /// Bodies long enough to be sealed that stayed on the heap (no descriptor to spare,
-    /// or the kernel refused a memfd); cumulative.
-    pub seal_fallbacks: u64,
-    /// Sealed bodies open now: the resident ones and any an answer still sends.
-    pub sealed: usize,
-    /// Hits whose sealed body was sent with `sendfile` (counted by the proxy).
-    pub sendfile_hits: u64,
 }
 
 /// One TinyUFO value: a completed object, or a tombstone left by a purge.
@@ -103,8 +94,6 @@ pub(crate) struct Slot {
 pub(crate) struct Object {
     meta: Arc<StoredMeta>,
     body: Bytes,
-    /// The memfd `body` is mapped from, when it was long enough to seal.
-    sealed: Option<Arc<SealedBody>>,
 }
 
 /// The bytes charged against the budget for one object.
@@ -159,8 +148,6 @@ pub struct MemoryStorage {
     fills: FillRegistry<Fill>,
     next_id: AtomicU64,
     fill_bytes: AtomicUsize,
-    seal_fallbacks: AtomicU64,
-    sendfile_hits: AtomicU64,
     budget: usize,
     max_object: usize,
     /// Bytes per TinyUFO weight unit.
@@ -192,8 +179,6 @@ impl MemoryStorage {
             fills: FillRegistry::default(),
             next_id: AtomicU64::new(1),
             fill_bytes: AtomicUsize::new(0),
-            seal_fallbacks: AtomicU64::new(0),
-            sendfile_hits: AtomicU64::new(0),
             budget: budget_bytes,
             max_object,
             unit,
@@ -204,11 +189,6 @@ impl MemoryStorage {
     /// The byte budget for completed objects.
     pub fn budget_bytes(&self) -> usize {
         self.budget
-    }
-
-    /// Counts a hit whose sealed body the proxy sent with `sendfile`.
-    pub fn note_sendfile_hit(&self) {
-        self.sendfile_hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The largest charge (body + meta + overhead) an object may have to be admitted.
@@ -230,9 +210,6 @@ impl MemoryStorage {
             rejected: ledger.rejected,
             fills,
             fill_bytes,
-            seal_fallbacks: self.seal_fallbacks.load(Ordering::Relaxed),
-            sealed: sealed::open_count(),
-            sendfile_hits: self.sendfile_hits.load(Ordering::Relaxed),
         }
     }
 
@@ -346,32 +323,8 @@ impl MemoryStorage {
         ledger.resident.get(&key).is_some_and(|r| r.id == id)
     }
 
-    /// One exact-size body made of `chunks` (`len` bytes in all): sealed in a memfd when
-    /// it is long enough (see `sealed`), else one heap buffer. Either way one copy, so the
-    /// charged bytes are the bytes held, whatever buffers upstream reads came in.
-    fn hold(&self, chunks: &[Bytes], len: usize) -> (Bytes, Option<Arc<SealedBody>>) {
-        if len >= SEALED_MIN_BYTES {
-            match SealedBody::seal(chunks, len) {
-                Ok(sealed) => return (sealed.bytes(), Some(sealed)),
-                Err(e) => {
-                    self.seal_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("a {len}-byte body stays on the heap: {e}");
-                }
-            }
-        }
-        let mut whole = Vec::with_capacity(len);
-        for chunk in chunks {
-            whole.extend_from_slice(chunk);
-        }
-        (Bytes::from(whole), None)
-    }
-
     /// Store a finished fill. Returns the bytes charged if it was admitted.
-    fn commit(
-        &self,
-        fill: &Fill,
-        (body, sealed): (Bytes, Option<Arc<SealedBody>>),
-    ) -> Option<usize> {
+    fn commit(&self, fill: &Fill, body: Bytes) -> Option<usize> {
         let charged = charge(body.len(), &fill.meta);
         let slot = Slot {
             key: fill.key,
@@ -380,7 +333,6 @@ impl MemoryStorage {
             object: Some(Object {
                 meta: fill.meta.clone(),
                 body,
-                sealed,
             }),
         };
         let mut ledger = self.ledger.lock();
@@ -392,10 +344,10 @@ impl MemoryStorage {
 
     /// Replace the meta of a resident object, keeping its body. Caller holds the ledger.
     fn replace_meta(&self, ledger: &mut Ledger, hash: &HashBinary, meta: StoredMeta) -> bool {
-        let Some((body, sealed)) = self.live_slot(hash).and_then(|s| {
-            let object = s.object.as_ref()?;
-            Some((object.body.clone(), object.sealed.clone()))
-        }) else {
+        let Some(body) = self
+            .live_slot(hash)
+            .and_then(|s| Some(s.object.as_ref()?.body.clone()))
+        else {
             return false;
         };
         let meta = Arc::new(meta);
@@ -403,7 +355,7 @@ impl MemoryStorage {
             key: *hash,
             id: self.next_id(),
             charged: charge(body.len(), &meta),
-            object: Some(Object { meta, body, sealed }),
+            object: Some(Object { meta, body }),
         };
         self.store(ledger, slot)
     }
@@ -434,7 +386,6 @@ impl MemoryStorage {
             meta.clone(),
             age_secs,
             object.body.clone(),
-            object.sealed.clone(),
         ))
     }
 
@@ -450,8 +401,8 @@ impl MemoryStorage {
         Box::new(MemoryMissHandler::new(fill, expected_len))
     }
 
-    /// Stores a complete body that is already one exact-size buffer: without copying it,
-    /// unless it is long enough to seal. Returns the bytes charged if TinyLFU admitted it.
+    /// Stores a complete body that is already one exact-size buffer, without copying it.
+    /// Returns the bytes charged if TinyLFU admitted it.
     pub(crate) fn insert_whole(
         &'static self,
         hash: HashBinary,
@@ -459,37 +410,7 @@ impl MemoryStorage {
         body: Bytes,
     ) -> Option<usize> {
         let fill = Fill::new(self, hash, self.next_id(), Arc::new(meta));
-        let len = body.len();
-        let held = if len >= SEALED_MIN_BYTES {
-            self.hold(&[body], len)
-        } else {
-            (body, None)
-        };
-        self.commit(&fill, held)
-    }
-
-    /// Resolves once the fill of `hash` now in progress (if any) is stored or failed.
-    pub(crate) fn fill_ended(
-        &self,
-        hash: &HashBinary,
-    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        self.fills.active(hash).map(|f| f.ended())
-    }
-
-    /// Stores a complete body given as the chunks it came in (`len` bytes in all), held
-    /// in one copy (see `hold`). Returns the bytes charged if TinyLFU admitted it, and
-    /// the body as held, for the fill's readers still behind.
-    pub(crate) fn insert_chunks(
-        &'static self,
-        hash: HashBinary,
-        meta: StoredMeta,
-        chunks: &[Bytes],
-        len: usize,
-    ) -> (Option<usize>, Bytes) {
-        let fill = Fill::new(self, hash, self.next_id(), Arc::new(meta));
-        let held = self.hold(chunks, len);
-        let body = held.0.clone();
-        (self.commit(&fill, held), body)
+        self.commit(&fill, body)
     }
 
     /// How far the fill a lookup of `hash` would attach to has got, if one is in progress.

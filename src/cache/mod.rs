@@ -10,7 +10,6 @@
 pub mod disk;
 mod error;
 pub(crate) mod fills;
-mod flights;
 pub mod memory;
 mod meta;
 mod stream;

@@ -225,15 +225,6 @@ impl StreamBody {
         self.state.borrow().status == Status::Writing
     }
 
-    /// Resolves once the body is complete or aborted.
-    pub(crate) fn ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.state.subscribe();
-        async move {
-            // An error means the sender is gone: the fill ended too.
-            let _ = rx.wait_for(|st| st.status != Status::Writing).await;
-        }
-    }
-
     pub(crate) fn is_aborted(&self) -> bool {
         self.state.borrow().status == Status::Aborted
     }

@@ -21,15 +21,11 @@ mod fill;
 mod promote;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_wait;
 
 use std::any::Any;
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -41,8 +37,6 @@ use pingora_error::{Error, ErrorType, Result};
 
 use crate::cache::declared_len;
 use crate::cache::disk::{DiskStats, DiskStorage, SendableHit};
-pub use crate::cache::flights::FlightGuard;
-use crate::cache::flights::Flights;
 use crate::cache::memory::{FreshObject, MemoryStats, MemoryStorage, StoredMeta};
 use crate::cache::stream::StreamFill;
 use crate::cache::{FillProgress, FillRegistry};
@@ -72,17 +66,6 @@ pub struct TieredStats {
     pub aborted_fills: u64,
 }
 
-/// How [`TieredStorage::wait_whole`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waited {
-    /// Nothing of the key was under way.
-    Nothing,
-    /// The fill (or the fetch, without one) ended.
-    Ended,
-    /// Still under way when the hold ran out.
-    Held,
-}
-
 /// Where an object is held (see [`TieredStorage::holds`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Holding {
@@ -109,8 +92,6 @@ pub struct TieredStorage {
     memory: &'static MemoryStorage,
     disk: Option<&'static DiskStorage>,
     fills: FillRegistry<StreamFill>,
-    /// Fetches under way, for requests that wait for an object to be whole.
-    flights: Flights,
     next_id: AtomicU64,
     /// Keys being promoted in the background, so each is read once.
     promoting: Mutex<HashSet<HashBinary>>,
@@ -126,7 +107,6 @@ impl TieredStorage {
             memory,
             disk,
             fills: FillRegistry::default(),
-            flights: Flights::default(),
             next_id: AtomicU64::new(1),
             promoting: Mutex::new(HashSet::new()),
             purges: AtomicU64::new(0),
@@ -215,81 +195,6 @@ impl TieredStorage {
 
     fn forget_fill(&self, fill: &StreamFill) {
         self.fills.forget(fill);
-    }
-
-    /// The miss handler for a new fill: disk and memory, or memory only.
-    async fn miss_handler(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        trace: &SpanHandle,
-    ) -> Result<MissHandler> {
-        let Some(disk) = self.disk else {
-            return self.memory.get_miss_handler(key, meta, trace).await;
-        };
-        let obj = ObjectRef::from_key(key).filter(|_| meta.response_header().status == 200);
-        let Some(obj) = obj else {
-            // Negative answers and odd keys are short-lived: memory only.
-            return self.memory_miss(key, meta).await;
-        };
-        match TieredMissHandler::start(self, disk, obj, key, meta).await? {
-            Some(handler) => Ok(Box::new(handler)),
-            None => {
-                self.counters
-                    .memory_only_fills
-                    .fetch_add(1, Ordering::Relaxed);
-                self.memory_miss(key, meta).await
-            }
-        }
-    }
-
-    /// Marks `key` as being fetched by the caller (pingora's cache-lock writer) until the
-    /// guard drops: [`Self::wait_whole`] waits for it.
-    pub fn fetching(&'static self, key: HashBinary) -> FlightGuard {
-        self.flights.open(key)
-    }
-
-    /// Waits, at most `hold`, for an object being fetched or filled to be whole: until
-    /// its fill ends (stored or failed), or its fetch ends without one. Returns at once
-    /// when nothing of `key` is under way. What it was is told by looking again.
-    pub async fn wait_whole(&self, key: &HashBinary, hold: Duration) -> Waited {
-        let deadline = tokio::time::Instant::now() + hold;
-        let mut waited = false;
-        loop {
-            if let Some(ended) = self.fill_ended(key) {
-                return match tokio::time::timeout_at(deadline, ended).await {
-                    Ok(()) => Waited::Ended,
-                    Err(_) => Waited::Held,
-                };
-            }
-            let Some(mut flight) = self.flights.watch(key) else {
-                // Poked when its fill started, we may find it already over: look again.
-                return if waited {
-                    Waited::Ended
-                } else {
-                    Waited::Nothing
-                };
-            };
-            // A fill that started between the two looks has poked before we watched.
-            if self.fill_ended(key).is_some() {
-                continue;
-            }
-            waited = true;
-            match tokio::time::timeout_at(deadline, flight.changed()).await {
-                Err(_) => return Waited::Held,
-                Ok(Ok(())) => continue,
-                // The fetch is over without a fill (not cacheable, or failed).
-                Ok(Err(_)) => return Waited::Ended,
-            }
-        }
-    }
-
-    /// Resolves when the fill of `key` now in progress in either tier ends.
-    fn fill_ended(&self, key: &HashBinary) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
-        match self.fills.active(key) {
-            Some(fill) => Some(Box::pin(fill.body.ended())),
-            None => Some(Box::pin(self.memory.fill_ended(key)?)),
-        }
     }
 
     /// A fresh object held whole in the memory tier, unless a fill for it is in progress
@@ -399,12 +304,23 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
         self.start_background();
-        let handler = self.miss_handler(key, meta, trace).await;
-        if handler.is_ok() {
-            // Requests waiting on this key's fetch now wait on its fill.
-            self.flights.poke(&key.combined_bin());
+        let Some(disk) = self.disk else {
+            return self.memory.get_miss_handler(key, meta, trace).await;
+        };
+        let obj = ObjectRef::from_key(key).filter(|_| meta.response_header().status == 200);
+        let Some(obj) = obj else {
+            // Negative answers and odd keys are short-lived: memory only.
+            return self.memory_miss(key, meta).await;
+        };
+        match TieredMissHandler::start(self, disk, obj, key, meta).await? {
+            Some(handler) => Ok(Box::new(handler)),
+            None => {
+                self.counters
+                    .memory_only_fills
+                    .fetch_add(1, Ordering::Relaxed);
+                self.memory_miss(key, meta).await
+            }
         }
-        handler
     }
 
     async fn purge(

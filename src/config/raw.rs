@@ -146,9 +146,6 @@ pub struct RawCache {
     pub memory_bytes: ByteSize,
     pub max_object_bytes: ByteSize,
     pub lock_timeout: Seconds,
-    /// A plain GET for an image being fetched waits this long for it to be whole (then
-    /// answers as a hit) before it streams the fill; 0: it streams at once.
-    pub hold_for_fill: Seconds,
     pub not_found_ttl: Seconds,
     /// A Range starting further than this ahead of a fill in progress is fetched from
     /// the origin at once (a ranged pass-through); 0: never.
@@ -166,7 +163,6 @@ impl Default for RawCache {
             memory_bytes: ByteSize(256 << 20),
             max_object_bytes: ByteSize(128 << 20),
             lock_timeout: Seconds(Duration::from_secs(10)),
-            hold_for_fill: Seconds(Duration::from_millis(100)),
             not_found_ttl: Seconds(Duration::from_secs(10)),
             range_passthrough_ahead: ByteSize(2 << 20),
             dir: None,

@@ -208,8 +208,6 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         fleet: fleet_spec,
         max_object_bytes: raw.cache.max_object_bytes.0,
         lock_timeout: raw.cache.lock_timeout.0,
-        // Past the lock's timeout pingora would have sent the waiter to the origin.
-        hold_for_fill: raw.cache.hold_for_fill.0.min(raw.cache.lock_timeout.0),
         not_found_ttl: raw.cache.not_found_ttl.0,
         range_passthrough_ahead: raw.cache.range_passthrough_ahead.0,
         cache_control: raw.http.cache_control,

@@ -48,7 +48,6 @@ fn good_config_gets_defaults_and_resolved_origins() {
     assert_eq!(s.connect_timeout, Duration::from_secs(2));
     assert_eq!(l.fixed.memory_bytes, 256 << 20);
     assert_eq!(s.range_passthrough_ahead, 2 << 20);
-    assert_eq!(s.hold_for_fill, Duration::from_millis(100));
     assert_eq!(s.cache_control, "public, max-age=31536000, immutable");
     // Pingora's 300 s grace period is replaced when the file does not set one.
     assert_eq!(l.server.grace_period_seconds, Some(10));
@@ -155,23 +154,6 @@ fn bad_sizes_and_durations_are_refused_with_the_value() {
     assert!(error_of(&text).contains("soon"));
     let text = format!("{GOOD}  cache:\n    memory_bytes: 1K\n");
     assert!(error_of(&text).contains("memory_bytes"));
-    let text = format!("{GOOD}  cache:\n    hold_for_fill: -1s\n");
-    assert!(error_of(&text).contains("-1s"));
-}
-
-#[test]
-fn the_hold_for_a_fill_may_be_off_and_never_outlasts_the_lock() {
-    let hold = |cache: &str| {
-        let l = parse_str(&format!("{GOOD}  cache:\n{cache}")).expect("valid");
-        l.live.settings.hold_for_fill
-    };
-    assert_eq!(hold("    hold_for_fill: 0\n"), Duration::ZERO);
-    assert_eq!(
-        hold("    hold_for_fill: 250ms\n"),
-        Duration::from_millis(250)
-    );
-    let capped = "    lock_timeout: 2s\n    hold_for_fill: 1m\n";
-    assert_eq!(hold(capped), Duration::from_secs(2));
 }
 
 #[test]

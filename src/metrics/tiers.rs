@@ -2,7 +2,6 @@
 //! instead of mirrored into separate metrics on every change.
 
 use crate::cache::disk::DiskStats;
-use crate::cache::memory::MemoryStats;
 use crate::cache::tiered::TieredStats;
 
 /// One cache tier's numbers at scrape time.
@@ -64,7 +63,7 @@ struct DiskMetric {
     value: fn(&TieredStats, &DiskStats) -> f64,
 }
 
-const DISK_METRICS: [DiskMetric; 15] = [
+const DISK_METRICS: [DiskMetric; 16] = [
     DiskMetric {
         name: "shimmer_cache_reserved_bytes",
         help: "Bytes reserved in a cache tier by fills in progress (disk tier).",
@@ -113,6 +112,13 @@ const DISK_METRICS: [DiskMetric; 15] = [
         counter: true,
         per_tier: true,
         value: |_, d| d.adopted as f64,
+    },
+    DiskMetric {
+        name: "shimmer_cache_sendfile_hits_total",
+        help: "Disk hits sent from the page cache with sendfile, the body never read into the mirror (plain HTTP/1.1; TLS and HTTP/2 hits are read).",
+        counter: true,
+        per_tier: true,
+        value: |_, d| d.sendable_hits as f64,
     },
     DiskMetric {
         name: "shimmer_cache_rebuild_scanned_total",
@@ -172,30 +178,6 @@ const DISK_METRICS: [DiskMetric; 15] = [
     },
 ];
 
-/// Name, help, whether a counter, and the value: one number of the memory tier.
-type MemoryMetric = (&'static str, &'static str, bool, fn(&MemoryStats) -> f64);
-
-/// The memory tier's own numbers, exported whenever the tiered store's are.
-const MEMORY_METRICS: [MemoryMetric; 2] = [
-    (
-        "shimmer_cache_sealed_bodies",
-        "Memory bodies held in sealed memfds (sent with sendfile): the resident ones and any an answer still sends.",
-        false,
-        |m| m.sealed as f64,
-    ),
-    (
-        "shimmer_cache_seal_fallbacks_total",
-        "Memory bodies long enough to seal that stayed on the heap (no descriptor to spare, or no memfd); served the same, by copy.",
-        true,
-        |m| m.seal_fallbacks as f64,
-    ),
-];
-
-const SENDFILE_HITS: (&str, &str) = (
-    "shimmer_cache_sendfile_hits_total",
-    "Hits sent with sendfile, the body never copied by the mirror (plain HTTP/1.1; TLS and HTTP/2 hits are copied): sealed memory bodies, and disk files from the page cache.",
-);
-
 /// A metric family of one type, with one sample per `(labels, value)`.
 fn family(
     name: &str,
@@ -252,21 +234,13 @@ impl prometheus::core::Collector for TierCollector {
                 family(name, help, *counter, samples)
             })
             .collect();
-        let Some(t) = self.details.as_ref().map(|read| read()) else {
-            return out;
-        };
-        out.extend(MEMORY_METRICS.iter().map(|(name, help, counter, value)| {
-            family(name, help, *counter, [(None, value(&t.memory))])
-        }));
-        let mut sendfile = vec![(Some(("tier", "memory")), t.memory.sendfile_hits as f64)];
-        if let Some(d) = &t.disk {
-            sendfile.push((Some(("tier", "disk")), d.sendable_hits as f64));
+        let stats = self.details.as_ref().map(|read| read());
+        if let Some((t, d)) = stats.as_ref().and_then(|t| Some((t, t.disk.as_ref()?))) {
             out.extend(DISK_METRICS.iter().map(|m| {
                 let label = m.per_tier.then_some(("tier", "disk"));
-                family(m.name, m.help, m.counter, [(label, (m.value)(&t, d))])
+                family(m.name, m.help, m.counter, [(label, (m.value)(t, d))])
             }));
         }
-        out.push(family(SENDFILE_HITS.0, SENDFILE_HITS.1, true, sendfile));
         out
     }
 }
@@ -289,12 +263,6 @@ fn tier_collector(
         .filter_map(|(name, help, _)| desc(name, help, vec!["tier".into()]))
         .collect();
     if details.is_some() {
-        descs.extend(
-            MEMORY_METRICS
-                .iter()
-                .filter_map(|(name, help, ..)| desc(name, help, Vec::new())),
-        );
-        descs.extend(desc(SENDFILE_HITS.0, SENDFILE_HITS.1, vec!["tier".into()]));
         descs.extend(DISK_METRICS.iter().filter_map(|m| {
             let labels = if m.per_tier {
                 vec!["tier".into()]
@@ -417,38 +385,5 @@ mod tests {
         );
         assert!(!text.contains("shimmer_cache_write_errors_total"), "{text}");
         assert!(!text.contains("shimmer_cache_promotions_total"), "{text}");
-        assert!(
-            !text.contains("shimmer_cache_sendfile_hits_total{tier=\"disk\"}"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn the_memory_tiers_sealed_bodies_and_sendfile_hits_are_exported_with_or_without_disk() {
-        let memory = MemoryStats {
-            sealed: 3,
-            seal_fallbacks: 2,
-            sendfile_hits: 40,
-            ..MemoryStats::default()
-        };
-        for disk in [None, Some(DiskStats::default())] {
-            let stats = TieredStats {
-                memory,
-                disk,
-                ..TieredStats::default()
-            };
-            let text = scrape(tier_collector(
-                Box::new(memory_row),
-                Some(Box::new(move || stats)),
-            ));
-            for line in [
-                "# TYPE shimmer_cache_seal_fallbacks_total counter",
-                "shimmer_cache_sealed_bodies 3",
-                "shimmer_cache_seal_fallbacks_total 2",
-                "shimmer_cache_sendfile_hits_total{tier=\"memory\"} 40",
-            ] {
-                assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
-            }
-        }
     }
 }

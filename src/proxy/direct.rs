@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::cache::disk::page_cached;
-use crate::cache::memory::sealed::SealedBody;
 
 /// How long a client may keep its socket full before the answer is given up.
 const SEND_STALL: Duration = Duration::from_secs(60);
@@ -108,8 +107,8 @@ impl Socket {
         self.settle(session, result, body.len() as u64)
     }
 
-    /// Writes a [`Self::prepared_head`] and the fields that change, then the cache
-    /// file's `len` bytes from `off` with `sendfile`.
+    /// Writes a [`Self::prepared_head`] and the fields that change, then the file's
+    /// `len` bytes from `off` with `sendfile`.
     pub(super) async fn send_file(
         &self,
         session: &mut Session,
@@ -119,51 +118,12 @@ impl Socket {
         off: u64,
         len: u64,
     ) -> Sent {
-        let body = BodyFile {
-            file: Arc::new(file),
-            off,
-            len,
-            may_page_out: true,
-        };
-        self.send_head_and_file(session, prepared, age_secs, body)
-            .await
-    }
-
-    /// Writes a [`Self::prepared_head`] and the fields that change, then the sealed
-    /// memory body with `sendfile`: no copy of its bytes in this process.
-    pub(super) async fn send_sealed(
-        &self,
-        session: &mut Session,
-        prepared: &[u8],
-        age_secs: u64,
-        sealed: Arc<SealedBody>,
-    ) -> Sent {
-        let len = sealed.len() as u64;
-        let body = BodyFile {
-            file: sealed,
-            off: 0,
-            len,
-            // A memfd's pages are memory: sending them never waits on a disk.
-            may_page_out: false,
-        };
-        self.send_head_and_file(session, prepared, age_secs, body)
-            .await
-    }
-
-    async fn send_head_and_file<F: AsFd + Send + Sync + 'static>(
-        &self,
-        session: &mut Session,
-        prepared: &[u8],
-        age_secs: u64,
-        body: BodyFile<F>,
-    ) -> Sent {
         let tail = self.changing_fields(age_secs);
-        let len = body.len;
         // MSG_MORE: the head leaves with the body's first bytes, one segment train.
         let more = if len > 0 { libc::MSG_MORE } else { 0 };
         let mut result = self.write_parts([prepared, &tail, &[]], more).await;
         if result.is_ok() {
-            result = self.write_file(body).await;
+            result = self.write_file(file, off, len).await;
         }
         self.settle(session, result, len)
     }
@@ -226,26 +186,19 @@ impl Socket {
         Ok(())
     }
 
-    async fn write_file<F: AsFd + Send + Sync + 'static>(
-        &self,
-        body: BodyFile<F>,
-    ) -> Result<(), Cut> {
+    async fn write_file(&self, file: File, off: u64, len: u64) -> Result<(), Cut> {
         let mut waiter = Waiter::new(self.fd);
-        let (fd, BodyFile { file, off, len, .. }) = (self.fd, &body);
-        let (off, len) = (*off, *len);
+        let (fd, file) = (self.fd, Arc::new(file));
         let mut sent = 0;
         while sent < len {
             let (at, piece) = (off + sent, (len - sent).min(FILE_PIECE));
             // The lookup found the whole body cached; a long one's pages may have been
             // evicted since, so each further piece is checked again.
-            let result = if !body.may_page_out
-                || len <= FILE_PIECE
-                || page_cached(file.as_fd(), at, piece)
-            {
-                sendfile(fd, file.as_fd(), at, piece)
+            let result = if len <= FILE_PIECE || page_cached(&file, at, piece) {
+                sendfile(fd, &file, at, piece)
             } else {
                 let file = file.clone();
-                tokio::task::spawn_blocking(move || sendfile(fd, file.as_fd(), at, piece))
+                tokio::task::spawn_blocking(move || sendfile(fd, &file, at, piece))
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(e)))
             };
@@ -260,16 +213,6 @@ impl Socket {
         }
         Ok(())
     }
-}
-
-/// A body to `sendfile`: `len` bytes of `file` from `off`.
-struct BodyFile<F> {
-    file: Arc<F>,
-    off: u64,
-    len: u64,
-    /// Whether its pages may be out of memory (a cache file's may be evicted from the
-    /// page cache and must then be read on the blocking pool, not the event loop).
-    may_page_out: bool,
 }
 
 /// Why a send stopped early, and how much of the body had gone.
@@ -309,7 +252,7 @@ fn writev(fd: RawFd, parts: &[&[u8]; 3], flags: libc::c_int) -> io::Result<usize
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-fn sendfile(fd: RawFd, file: BorrowedFd<'_>, at: u64, len: u64) -> io::Result<usize> {
+fn sendfile(fd: RawFd, file: &File, at: u64, len: u64) -> io::Result<usize> {
     let mut offset = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
     let count = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
     // SAFETY: both descriptors are open for the call; the kernel updates `offset`.
@@ -417,26 +360,6 @@ mod tests {
         File::open(&path).expect("open")
     }
 
-    fn disk_body(file: File, len: u64) -> BodyFile<File> {
-        BodyFile {
-            file: Arc::new(file),
-            off: 0,
-            len,
-            may_page_out: true,
-        }
-    }
-
-    fn sealed_body(body: &[u8]) -> BodyFile<SealedBody> {
-        let chunks = [Bytes::copy_from_slice(body)];
-        let sealed = SealedBody::seal(&chunks, body.len()).expect("memfd");
-        BodyFile {
-            file: sealed,
-            off: 0,
-            len: body.len() as u64,
-            may_page_out: false,
-        }
-    }
-
     #[tokio::test]
     async fn a_body_larger_than_the_socket_takes_waits_for_room_and_arrives_whole() {
         let (socket, ours, client) = pair();
@@ -468,7 +391,7 @@ mod tests {
         let body = bytes(10_000, 3);
         let (socket, ours, mut client) = pair();
         let Err(cut) = socket
-            .write_file(disk_body(file_of(dir.path(), &body), 20_000))
+            .write_file(file_of(dir.path(), &body), 0, 20_000)
             .await
         else {
             panic!("a short file was sent as whole");
@@ -492,7 +415,7 @@ mod tests {
         assert_eq!(rc, 0);
         let (socket, ours, client) = pair();
         let reader = slow_reader(client);
-        let sent = socket.write_file(disk_body(file, body.len() as u64)).await;
+        let sent = socket.write_file(file, 0, body.len() as u64).await;
         assert!(
             sent.is_ok(),
             "pieces not in the page cache go by the blocking pool"
@@ -514,33 +437,5 @@ mod tests {
         socket.keepalive = false;
         let text = String::from_utf8(socket.changing_fields(0).to_vec()).expect("ASCII");
         assert!(text.ends_with("\r\nConnection: close\r\n\r\n"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn a_sealed_body_larger_than_the_socket_takes_arrives_whole() {
-        let (socket, ours, client) = pair();
-        let reader = slow_reader(client);
-        let body = bytes(3 * FILE_PIECE as usize + 123, 5);
-        let sent = socket.write_file(sealed_body(&body)).await;
-        assert!(sent.is_ok());
-        drop(ours);
-        assert!(reader.join().expect("reader") == body);
-    }
-
-    #[tokio::test]
-    async fn a_sealed_body_evicted_while_its_bytes_wait_in_the_socket_arrives_intact() {
-        let (socket, ours, mut client) = pair();
-        let body = bytes(100_000, 6);
-        // Sent whole into the socket's buffer, then the only reference goes (as when
-        // the object is evicted): the pages in flight stay the answer's.
-        let sent = socket.write_file(sealed_body(&body)).await;
-        assert!(sent.is_ok(), "100 KB fits a socket pair's buffer");
-        // Memory the allocator hands out next must not show through.
-        let scribble = vec![0xAAu8; 1 << 20];
-        drop(ours);
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).expect("read");
-        assert!(got == body, "the body as it was sent");
-        drop(scribble);
     }
 }

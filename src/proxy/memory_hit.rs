@@ -30,8 +30,7 @@ pub(super) fn eligible(req: &RequestHeader) -> bool {
 
 /// Answers an [`eligible`] request from memory if it can: `Some` when the response
 /// was written, on the socket directly over plain HTTP/1.1 (one `writev` of the head
-/// kept with the object and the body, or the head and a `sendfile` of a sealed body;
-/// see [`super::direct`]), through Pingora's writer otherwise.
+/// kept with the object, see [`super::direct`]), through Pingora's writer otherwise.
 pub(super) async fn serve(
     session: &mut Session,
     storage: &TieredStorage,
@@ -58,20 +57,9 @@ pub(super) async fn serve(
         let head = object
             .prepared()
             .get_or_make(tag, || Socket::prepared_head(parts()));
-        let sent = match object.sealed {
-            // A sealed body leaves by sendfile: the kernel hands its pages to the socket.
-            Some(sealed) => {
-                storage.memory().note_sendfile_hit();
-                socket
-                    .send_sealed(session, &head, object.age_secs, sealed)
-                    .await
-            }
-            None => {
-                socket
-                    .send_prepared(session, &head, object.age_secs, &object.body)
-                    .await
-            }
-        };
+        let sent = socket
+            .send_prepared(session, &head, object.age_secs, &object.body)
+            .await;
         return Ok(Some(FastHit::Direct(sent)));
     }
     let mut parts = parts();

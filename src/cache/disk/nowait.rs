@@ -18,7 +18,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,7 +127,7 @@ pub(crate) fn pread_nowait(
 /// that sending them (`sendfile`) copies from memory and never waits for the disk.
 /// `false` when it cannot be told (a kernel without `cachestat`, which then is not
 /// asked again): the caller reads the file the way that never blocks the event loop.
-pub(crate) fn page_cached(file: BorrowedFd<'_>, off: u64, len: u64) -> bool {
+pub(crate) fn page_cached(file: &File, off: u64, len: u64) -> bool {
     if len == 0 || !CACHESTAT.load(Ordering::Relaxed) {
         return len == 0;
     }

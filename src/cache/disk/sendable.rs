@@ -24,7 +24,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::BuildHasherDefault;
-use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -148,7 +147,7 @@ impl DiskStorage {
         // Touched here, as every hit is; an entry the path no longer matches (purged
         // since the open) is not indexed and not sent.
         let verified = self.books.lock().index.touch_verified(&key)?;
-        if !verified || !nowait::page_cached(file.as_fd(), head.header_len, head.body_len) {
+        if !verified || !nowait::page_cached(&file, head.header_len, head.body_len) {
             return None;
         }
         self.counters.sendable_hits.fetch_add(1, Ordering::Relaxed);

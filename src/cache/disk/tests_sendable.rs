@@ -2,7 +2,6 @@
 //! was checked once, indexed, and held by the page cache; never a purged or bad file.
 
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, SystemTime};
 
@@ -128,18 +127,12 @@ fn page_cached_tells_a_cached_range_from_a_dropped_one() {
     let path = dir.path().join("f");
     std::fs::write(&path, body(3 * 4096 + 100, 6)).unwrap();
     let file = File::open(&path).unwrap();
-    assert!(page_cached(file.as_fd(), 0, 3 * 4096 + 100), "just written");
-    assert!(
-        page_cached(file.as_fd(), 4000, 200),
-        "a range across two pages"
-    );
-    assert!(
-        page_cached(file.as_fd(), 0, 0),
-        "nothing to send is always there"
-    );
+    assert!(page_cached(&file, 0, 3 * 4096 + 100), "just written");
+    assert!(page_cached(&file, 4000, 200), "a range across two pages");
+    assert!(page_cached(&file, 0, 0), "nothing to send is always there");
     evict_pages(&file);
-    assert!(!page_cached(file.as_fd(), 0, 3 * 4096 + 100));
-    assert!(!page_cached(file.as_fd(), 5000, 1));
+    assert!(!page_cached(&file, 0, 3 * 4096 + 100));
+    assert!(!page_cached(&file, 5000, 1));
 }
 
 #[tokio::test]

@@ -64,11 +64,6 @@ impl Fill {
         Ok((meta, Box::new(reader)))
     }
 
-    /// Resolves once the fill is stored or failed.
-    pub(super) fn ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.body.ended()
-    }
-
     /// Bytes written so far and the declared length.
     pub(super) fn progress(&self) -> FillProgress {
         FillProgress {
@@ -137,15 +132,16 @@ impl HandleMiss for MemoryMissHandler {
             .memory_body()
             .ok_or_else(|| CacheError::Aborted.into_pingora())?;
         // One exact-size copy: upstream chunks may pin much larger read buffers.
+        let mut whole = Vec::with_capacity(len);
+        for chunk in &chunks {
+            whole.extend_from_slice(chunk);
+        }
+        let whole = Bytes::from(whole);
         let storage = self.fill.storage;
-        let held = storage.hold(&chunks, len);
-        let whole = held.0.clone();
-        let charged = storage.commit(&self.fill, held);
-        // Forgotten before readers and waiters are told: one woken by the end finds the
-        // stored object, not a fill that still seems to be in progress.
+        let charged = storage.commit(&self.fill, whole.clone());
+        body.complete(Some(whole));
         self.finished = true;
         storage.forget_fill(&self.fill);
-        body.complete(Some(whole));
         Ok(MissFinishType::Created(charged.unwrap_or(0)))
     }
 
@@ -157,8 +153,8 @@ impl HandleMiss for MemoryMissHandler {
 impl Drop for MemoryMissHandler {
     fn drop(&mut self) {
         if !self.finished {
-            self.fill.storage.forget_fill(&self.fill);
             self.fill.body.abort();
+            self.fill.storage.forget_fill(&self.fill);
         }
     }
 }

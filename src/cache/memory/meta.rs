@@ -10,7 +10,6 @@ use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
-use super::sealed::SealedBody;
 use crate::cache::PreparedSlot;
 
 /// An object's meta: the internal part serialized, the header decoded. Keeping the header
@@ -34,22 +33,14 @@ pub struct FreshObject {
     /// Seconds since the object was admitted or revalidated (the `Age` header).
     pub age_secs: u64,
     pub body: Bytes,
-    /// The memfd `body` is mapped from, for `sendfile`, when it is long enough to seal.
-    pub sealed: Option<Arc<SealedBody>>,
 }
 
 impl FreshObject {
-    pub(super) fn new(
-        meta: Arc<StoredMeta>,
-        age_secs: u64,
-        body: Bytes,
-        sealed: Option<Arc<SealedBody>>,
-    ) -> Self {
+    pub(super) fn new(meta: Arc<StoredMeta>, age_secs: u64, body: Bytes) -> Self {
         Self {
             meta,
             age_secs,
             body,
-            sealed,
         }
     }
 

@@ -1,7 +1,6 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use pingora_cache::key::CacheHashKey;
 use pingora_cache::storage::{HitHandler, MissFinishType, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora_cache::trace::{Span, SpanHandle};
 use pingora_cache::{CacheEntryId, CacheEntryKey, CacheKey, CacheMeta, Storage};
@@ -571,6 +570,7 @@ async fn purge_then_refill_of_a_hot_key_under_pressure_stays_consistent() {
 
 #[tokio::test]
 async fn resident_keys_lists_live_objects_only() {
+    use pingora_cache::key::CacheHashKey;
     let s = leak(MemoryStorage::new(1 << 20));
     for n in 1..=3 {
         put(s, &key(n), b"body").await;
@@ -581,45 +581,4 @@ async fn resident_keys_lists_live_objects_only() {
     let mut want = vec![key(1).combined_bin(), key(3).combined_bin()];
     want.sort();
     assert_eq!(keys, want);
-}
-
-#[tokio::test]
-async fn a_long_body_is_sealed_and_a_short_one_stays_on_the_heap() {
-    let s = leak(MemoryStorage::new(16 << 20));
-    let long: Vec<u8> = (0..super::SEALED_MIN_BYTES + 1)
-        .map(|i| (i % 253) as u8)
-        .collect();
-    let (k_long, k_short) = (key(1), key(2));
-    put(s, &k_long, &long).await;
-    put(s, &k_short, &long[..super::SEALED_MIN_BYTES - 1]).await;
-    let now = SystemTime::now();
-    let object = s.fresh_object(&k_long.combined_bin(), now).expect("stored");
-    let sealed = object.sealed.as_ref().expect("long enough to seal");
-    assert_eq!(sealed.len(), long.len());
-    assert!(object.body[..] == long[..], "the bytes are the sealed ones");
-    let short = s
-        .fresh_object(&k_short.combined_bin(), now)
-        .expect("stored");
-    assert!(short.sealed.is_none());
-    // Every other reader sees the same bytes through the mapping.
-    let (_, mut hit) = get(s, &k_long).await.expect("hit");
-    assert!(read_all(&mut hit).await.expect("read") == long);
-    assert_eq!(s.stats().seal_fallbacks, 0);
-}
-
-#[tokio::test]
-async fn a_sealed_body_keeps_its_memfd_across_a_meta_update() {
-    let s = leak(MemoryStorage::new(16 << 20));
-    let k = key(3);
-    let long = vec![7u8; super::SEALED_MIN_BYTES * 2];
-    put(s, &k, &long).await;
-    assert!(s.update_meta(&k, &meta(), &span()).await.expect("update"));
-    let object = s
-        .fresh_object(&k.combined_bin(), SystemTime::now())
-        .expect("stored");
-    assert!(
-        object.sealed.is_some(),
-        "revalidation keeps the sealed body"
-    );
-    assert!(object.body[..] == long[..]);
 }

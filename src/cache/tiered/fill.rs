@@ -89,8 +89,8 @@ impl TieredMissHandler {
             return;
         }
         self.disk = None; // removes the temp file; readers keep the open descriptor
-        self.store.forget_fill(&self.fill);
         self.fill.body.abort();
+        self.store.forget_fill(&self.fill);
         let c = &self.store.counters;
         c.aborted_fills.fetch_add(1, Ordering::Relaxed);
     }
@@ -154,14 +154,18 @@ impl HandleMiss for TieredMissHandler {
         if let (Some(chunks), Some(meta), false) = (memory_body, memory_meta, purged()) {
             let body_len: usize = chunks.iter().map(Bytes::len).sum();
             if self.store.fits_memory(body_len as u64, meta.len()) {
-                // One exact-size copy (upstream chunks may pin larger read buffers), sealed
-                // if long enough: the memory tier keeps it, and readers still behind take
-                // the rest from it.
-                let (taken, body) =
-                    self.store
-                        .memory
-                        .insert_chunks(self.fill.key, meta, &chunks, body_len);
-                if let Some(n) = taken {
+                // One exact-size copy (upstream chunks may pin larger read buffers): the
+                // memory tier keeps it, and readers still behind take the rest from it.
+                let mut body = Vec::with_capacity(body_len);
+                for chunk in &chunks {
+                    body.extend_from_slice(chunk);
+                }
+                let body = Bytes::from(body);
+                if let Some(n) = self
+                    .store
+                    .memory
+                    .insert_whole(self.fill.key, meta, body.clone())
+                {
                     charged += n as u64;
                     if purged() {
                         self.store.memory.remove(&self.key);
@@ -170,11 +174,9 @@ impl HandleMiss for TieredMissHandler {
                 whole = Some(body);
             }
         }
-        // Forgotten before readers and waiters are told: one woken by the end finds the
-        // stored object, not a fill that still seems to be in progress.
+        self.fill.body.complete(whole);
         self.finished = true;
         self.store.forget_fill(&self.fill);
-        self.fill.body.complete(whole);
         Ok(MissFinishType::Created(
             usize::try_from(charged).unwrap_or(usize::MAX),
         ))
