@@ -343,12 +343,18 @@ def measure_cold(args, server, origin_port, entry, tls=None):
     port = server.tls_port if tls else server.port
     before = {}
 
+    profile = None
+
     def connected():
+        nonlocal profile
+        profile = Profile(args, server)  # --perf: the burst only, not the handshakes
         before.update(cpu=server.cpu_seconds(), share=CoreShare(server), at=time.monotonic())
 
     t = time.monotonic()
     results, wall = asyncio.run(_cold(port, entry, args.cold, tls, connected))
     cpu = server.cpu_seconds() - before["cpu"]
+    if profile:
+        profile.finish()
     core = before["share"].finish(wall)
     latencies = sorted(r[2] for r in results if r[2] is not None)
     bad = [r[1] for r in results if not r[0]]
