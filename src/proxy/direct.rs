@@ -53,6 +53,8 @@ const WRITE_SLICE: usize = 1 << 20;
 pub(super) struct Socket {
     fd: RawFd,
     keepalive: bool,
+    /// How long the client may keep the socket full ([`SEND_STALL`]; shorter in tests).
+    stall: Duration,
 }
 
 /// What a direct answer sent.
@@ -76,6 +78,7 @@ impl Socket {
         (fd >= 0).then_some(Socket {
             fd,
             keepalive: v1.will_keepalive(),
+            stall: SEND_STALL,
         })
     }
 
@@ -173,7 +176,7 @@ impl Socket {
     /// Writes `parts` in order (the last is the body), each `sendmsg` with `flags`,
     /// a slice of the body at a time, handing the thread on after each whole slice.
     async fn write_parts(&self, mut parts: [&[u8]; 3], flags: libc::c_int) -> Result<(), Cut> {
-        let mut waiter = Waiter::new(self.fd);
+        let mut waiter = Waiter::new(self.fd, self.stall);
         let body_len = parts[2].len();
         while parts.iter().any(|p| !p.is_empty()) {
             let slice = slice_of(&parts);
@@ -199,7 +202,7 @@ impl Socket {
     }
 
     async fn write_file(&self, file: File, off: u64, len: u64) -> Result<(), Cut> {
-        let mut waiter = Waiter::new(self.fd);
+        let mut waiter = Waiter::new(self.fd, self.stall);
         let (fd, file) = (self.fd, Arc::new(file));
         let mut sent = 0;
         while sent < len {
@@ -284,13 +287,16 @@ fn sendfile(fd: RawFd, file: &File, at: u64, len: u64) -> io::Result<usize> {
 /// socket is first found full: most answers fit the socket buffer and never need it.
 struct Waiter {
     fd: RawFd,
+    /// How long one wait may last before the client counts as gone.
+    stall: Duration,
     registered: Option<AsyncFd<OwnedFd>>,
 }
 
 impl Waiter {
-    fn new(fd: RawFd) -> Self {
+    fn new(fd: RawFd, stall: Duration) -> Self {
         Self {
             fd,
+            stall,
             registered: None,
         }
     }
@@ -322,7 +328,7 @@ impl Waiter {
         let Some(registered) = &self.registered else {
             return Err(io::ErrorKind::Other.into());
         };
-        let mut ready = tokio::time::timeout(SEND_STALL, registered.writable())
+        let mut ready = tokio::time::timeout(self.stall, registered.writable())
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
         // The next write tells whether there is room; cleared, a socket still full
@@ -347,6 +353,7 @@ mod tests {
         let socket = Socket {
             fd: ours.as_raw_fd(),
             keepalive: true,
+            stall: SEND_STALL,
         };
         (socket, ours, client)
     }
@@ -466,5 +473,25 @@ mod tests {
         assert_eq!(slice_of(&last).map(<[u8]>::len), [0, 0, 5]);
         let small: [&[u8]; 3] = [b"h", b"", &body[..100]];
         assert_eq!(slice_of(&small).map(<[u8]>::len), [1, 0, 100]);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_after_the_stall() {
+        let (mut socket, _ours, client) = pair();
+        socket.stall = Duration::from_millis(50);
+        // Connected, never read: the socket fills and stays full.
+        let body = bytes(8 << 20, 8);
+        let Err(cut) = socket.write_parts([b"head\r\n\r\n", b"", &body], 0).await else {
+            panic!("an answer to a client that never reads was sent whole");
+        };
+        assert_eq!(cut.error.kind(), io::ErrorKind::TimedOut);
+        assert!(cut.body_bytes < body.len() as u64, "{}", cut.body_bytes);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = file_of(dir.path(), &body);
+        let Err(cut) = socket.write_file(file, 0, body.len() as u64).await else {
+            panic!("a file to a client that never reads was sent whole");
+        };
+        assert_eq!(cut.error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
     }
 }
