@@ -44,8 +44,9 @@ const FILE_PIECE: u64 = 1 << 20;
 /// A memory body is written at most this much per call, and the thread is handed on
 /// between slices (as nginx's `sendfile_max_chunk`): one call for a whole 5 MB body
 /// filled a send buffer of megabytes while the thread's other connections waited. In
-/// interleaved `make bench` hot5m runs its p99 was 82, 51, 388 and 142 ms against
-/// 332, 349, 630, 138 and 555 ms writing whole.
+/// interleaved hot5m runs (`bench.py --servers shimmer --scenarios hot5m`) its p99 was
+/// 82, 51, 388 and 142 ms against 332, 349, 630, 138 and 555 ms writing whole; 441 ms
+/// in one `make bench`: the tail is mostly the loopback load generator's.
 const WRITE_SLICE: usize = 1 << 20;
 
 /// A plain HTTP/1 connection's socket, to answer on.

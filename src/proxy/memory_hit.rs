@@ -14,6 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::direct::Socket;
 use super::respond::hit_parts;
 use super::FastHit;
+use crate::cache::declared_body_len;
 use crate::cache::tiered::TieredStorage;
 use crate::config::Settings;
 use crate::request::MediaRequest;
@@ -42,13 +43,9 @@ pub(super) async fn serve(
         return Ok(None);
     };
     // What pingora-proxy's hit path does to a stored header: an Age (RFC 9111 section 4),
-    // HTTP/1.1, and chunked framing when there is no length; we leave that last case to it.
-    if object
-        .header()
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .is_none()
-    {
+    // HTTP/1.1, and chunked framing when there is no length; we leave that last case to
+    // it, as the disk path does (the same rule: a declared length that is the body's).
+    if declared_body_len(object.header()) != Some(object.body.len() as u64) {
         return Ok(None);
     }
     let parts = || hit_parts(object.header().clone(), settings);
