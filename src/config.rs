@@ -134,6 +134,10 @@ pub struct Settings {
     pub max_path_bytes: usize,
     /// Largest request head (request line and header fields) answered; 431 beyond.
     pub max_header_bytes: usize,
+    /// How long a client may keep an answer waiting for room in its socket: each
+    /// write, on every path (Pingora's writer and the direct one), is given up after
+    /// this, and the connection closed.
+    pub send_timeout: Duration,
     /// `shimmer.log_level` as written (the parsed filter is [`Live::log_filter`]).
     pub log_level: String,
     pub admin: ops::Admin,

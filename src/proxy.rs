@@ -156,11 +156,11 @@ impl ProxyHttp for Mirror {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Pipelining on, which also keeps a connection alive after a bodiless answer
-        // to a miss (why: src/proxy/http1.rs).
-        http1::start(session);
+        // to a miss (why: src/proxy/http1.rs), and the send timeout.
+        http1::start(session, &ctx.settings);
         Ok(())
     }
 
@@ -690,8 +690,12 @@ impl ProxyHttp for Mirror {
             Outcome::Served if ctx.peer.is_some() => "proxy",
             Outcome::Served if status == 404 => "not_found",
             Outcome::Served if status >= 500 => "error",
-            // Like a downstream write error on the full path.
+            // An answer cut short (the client left, or stopped reading past the send
+            // timeout) is an error on either path, whatever its status line said.
             Outcome::Served if matches!(ctx.fast_hit, Some(FastHit::Direct(s)) if !s.complete) => {
+                "error"
+            }
+            Outcome::Served if e.is_some_and(|e| e.esource() == &ErrorSource::Downstream) => {
                 "error"
             }
             Outcome::Served if ctx.fast_hit.is_some() => "hit",

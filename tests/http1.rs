@@ -1,6 +1,7 @@
 //! HTTP/1.1 as a server speaks it: one keep-alive connection survives every kind of
-//! miss and hit (issue 13 item 2), pipelined requests are answered in order, and
-//! oversized request heads get 431 (item 4).
+//! miss and hit (issue 13 item 2), pipelined requests are answered in order,
+//! oversized request heads get 431 (item 4), and a client that stops reading is cut
+//! off after `shimmer.http.send_timeout` on every path.
 
 mod common;
 
@@ -374,4 +375,54 @@ fn max_header_bytes_is_configurable() {
     let cookie = "c".repeat(40 * 1024);
     let r = http_request(mirror.addr, "GET", &path, &[("Cookie", &cookie)], &[]).expect("40 KB");
     assert_eq!(r.status, 431);
+}
+
+/// A client that sends its request and never reads holds nothing for ever: after
+/// `send_timeout` of a full socket the answer is given up and the connection closed,
+/// on the direct path (a plain GET hit) and on Pingora's writer (a Range hit, 206),
+/// counted as an error (as a client that leaves is).
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_send_timeout_on_every_path() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(work.path().join("data"));
+    let origin = Origin::start(&data.dir, work.path());
+    let mirror = mirror_for(&work, origin.addr, "  http:\n    send_timeout: 1s\n");
+    let hash = test_hash(500);
+    // Far more than loopback's socket buffers (a few MiB each way) can take.
+    let body = jpeg_bytes(32 << 20, 500);
+    data.put("_images", &hash, &body);
+    let path = format!("/_images/{hash}/1.jpg");
+    let r = http_get(mirror.addr, &path).expect("the fill");
+    assert_eq!((r.status, r.body.len()), (200, body.len()));
+    let errors = || {
+        let scrape = http_get(mirror.admin_addr(), "/metrics").expect("GET /metrics");
+        let labels = [("silo", "_images"), ("outcome", "error")];
+        metric_value(&scrape.text(), "shimmer_requests_total", &labels).unwrap_or(0.0)
+    };
+    let before = errors();
+
+    let stalled: Vec<(&str, TcpStream)> = [("GET", ""), ("Range", "Range: bytes=0-\r\n")]
+        .into_iter()
+        .map(|(what, extra)| {
+            let mut s = tcp_connect(mirror.addr).expect("connect");
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").expect("request");
+            (what, s)
+        })
+        .collect();
+    wait_until("both stalled answers given up and counted", || {
+        (errors() >= before + 2.0).then_some(())
+    });
+    for (what, mut s) in stalled {
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)
+            .unwrap_or_else(|e| panic!("{what}: the mirror closes the connection: {e}"));
+        assert!(
+            all.starts_with(b"HTTP/1.1 20") && all.len() < body.len(),
+            "{what}: a head and part of the body, then the end ({} bytes)",
+            all.len()
+        );
+    }
+    // The mirror serves on.
+    let r = http_get(mirror.addr, &path).expect("after");
+    assert_eq!(sha256(&r.body), sha256(&body));
 }

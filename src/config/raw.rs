@@ -180,6 +180,8 @@ pub struct RawHttp {
     pub max_path_bytes: usize,
     /// The request line and header fields together; 431 beyond.
     pub max_header_bytes: ByteSize,
+    /// How long a client may take to accept more of an answer (nginx's `send_timeout`).
+    pub send_timeout: Seconds,
 }
 
 impl Default for RawHttp {
@@ -188,6 +190,7 @@ impl Default for RawHttp {
             cache_control: "public, max-age=31536000, immutable".into(),
             max_path_bytes: 2048,
             max_header_bytes: ByteSize(8 << 10),
+            send_timeout: Seconds(Duration::from_secs(60)),
         }
     }
 }

@@ -133,6 +133,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         ("shimmer.origin.connect_timeout", raw.origin.connect_timeout),
         ("shimmer.origin.read_timeout", raw.origin.read_timeout),
         ("shimmer.cache.lock_timeout", raw.cache.lock_timeout),
+        ("shimmer.http.send_timeout", raw.http.send_timeout),
     ] {
         if d.0.is_zero() {
             return Err((key, "must be greater than zero".into()));
@@ -214,6 +215,7 @@ fn shimmer(raw: RawShimmer, server: ServerConf) -> Result<Config, Invalid> {
         answer,
         max_path_bytes: raw.http.max_path_bytes,
         max_header_bytes,
+        send_timeout: raw.http.send_timeout.0,
         log_level: raw.log_level,
         admin,
         tls: tls.as_ref().map(|t| ops::Tls {

@@ -144,6 +144,9 @@ fn origin_with_a_path_or_strange_scheme_is_refused() {
 fn zero_timeouts_are_refused() {
     let text = broken("    servers:", "    connect_timeout: 0s\n    servers:");
     assert!(error_of(&text).contains("connect_timeout"));
+    // A send that may never wait would cut every answer larger than a socket buffer.
+    let text = format!("{GOOD}  http:\n    send_timeout: 0s\n");
+    assert!(error_of(&text).contains("shimmer.http.send_timeout"));
 }
 
 #[test]
@@ -444,6 +447,7 @@ shimmer:
     fsync: false
   http:
     cache_control: "public, max-age=60"
+    send_timeout: 60s
   sync:
     interval: 5s
 "#,
@@ -535,6 +539,7 @@ fn reloadable_settings_change_nothing_fixed() {
         ("not_found_ttl: 10s", "not_found_ttl: 1s"),
         ("range_passthrough_ahead: 2M", "range_passthrough_ahead: 0"),
         ("max-age=60", "max-age=120"),
+        ("send_timeout: 60s", "send_timeout: 5s"),
         ("redirect_http: false", "redirect_http: true"),
         ("a.example.crt", "b.example.crt"),
         ("a.example.key", "b.example.key"),
@@ -563,6 +568,8 @@ fn reloadable_settings_change_nothing_fixed() {
     assert_eq!(base.live.settings.range_passthrough_ahead, 2 << 20);
     assert_eq!(s.range_passthrough_ahead, 0);
     assert_eq!(s.cache_control, "public, max-age=120");
+    assert_eq!(base.live.settings.send_timeout, Duration::from_secs(60));
+    assert_eq!(s.send_timeout, Duration::from_secs(5));
     assert_eq!(s.admin.token.as_deref(), Some("fedcba9876543210-other"));
     assert_eq!(s.tls.as_ref().map(|t| t.redirect_http), Some(true));
     let certs = new.live.certs.expect("certificates");

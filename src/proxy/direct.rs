@@ -35,8 +35,6 @@ use tokio::io::Interest;
 
 use crate::cache::disk::page_cached;
 
-/// How long a client may keep its socket full before the answer is given up.
-const SEND_STALL: Duration = Duration::from_secs(60);
 /// A file is sent this much per call; for a longer one each piece is checked against
 /// the page cache first, so a long send whose pages were evicted meanwhile reads them
 /// on the blocking pool instead of stalling the event loop.
@@ -54,7 +52,7 @@ const WRITE_SLICE: usize = 1 << 20;
 pub(super) struct Socket {
     fd: RawFd,
     keepalive: bool,
-    /// How long the client may keep the socket full ([`SEND_STALL`]; shorter in tests).
+    /// How long the client may keep the socket full (`shimmer.http.send_timeout`).
     stall: Duration,
 }
 
@@ -69,7 +67,8 @@ pub(super) struct Sent {
 impl Socket {
     /// The connection's own socket, when it is plain TCP (or a Unix socket) spoken as
     /// HTTP/1, nothing has been written for this request and its body (if any) is read.
-    pub(super) fn of(session: &mut Session) -> Option<Socket> {
+    /// A write that waits longer than `stall` for room gives the answer up.
+    pub(super) fn of(session: &mut Session, stall: Duration) -> Option<Socket> {
         if session.response_written().is_some() || !session.downstream_session.is_body_done() {
             return None;
         }
@@ -79,7 +78,7 @@ impl Socket {
         (fd >= 0).then_some(Socket {
             fd,
             keepalive: v1.will_keepalive(),
-            stall: SEND_STALL,
+            stall,
         })
     }
 
@@ -354,7 +353,7 @@ mod tests {
         let socket = Socket {
             fd: ours.as_raw_fd(),
             keepalive: true,
-            stall: SEND_STALL,
+            stall: Duration::from_secs(60),
         };
         (socket, ours, client)
     }

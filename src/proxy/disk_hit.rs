@@ -28,7 +28,7 @@ pub(super) async fn serve(
     media: &MediaRequest,
     settings: &Settings,
 ) -> Option<Sent> {
-    let socket = Socket::of(session)?;
+    let socket = Socket::of(session, settings.send_timeout)?;
     let tag = settings.answer.generation;
     let now = SystemTime::now();
     let hit = storage.disk_sendable(media.object(), tag, now)?;

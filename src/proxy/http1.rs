@@ -44,11 +44,18 @@ pub fn listener(addr: &str, tls: Option<TlsSettings>) -> ListenerConfig {
     }
 }
 
-/// Called first for every request; the setting is also carried over to the next
-/// request on the connection by Pingora, but setting it each time is free and covers
-/// the first request of a connection.
-pub(super) fn start(session: &mut Session) {
+/// Called first for every request; the settings are also carried over to the next
+/// request on the connection by Pingora, but setting them each time is free, covers
+/// the first request of a connection and follows a reload.
+///
+/// The send timeout: Pingora's downstream writes have none by default, so a client
+/// that stops reading (or reads a byte a minute) held its connection, its task and
+/// whatever the answer pinned (a fill's reader, a TLS session) for as long as it liked.
+/// Each write, HTTP/1 or HTTP/2, now gives up after `shimmer.http.send_timeout`, as
+/// the direct writes do ([`super::direct::Socket::of`]).
+pub(super) fn start(session: &mut Session, settings: &Settings) {
     session.downstream_session.set_pipelining_enabled(true);
+    session.set_write_timeout(Some(settings.send_timeout));
 }
 
 /// The refusal for a request head larger than `shimmer.http.max_header_bytes`.

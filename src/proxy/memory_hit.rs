@@ -49,7 +49,7 @@ pub(super) async fn serve(
         return Ok(None);
     }
     let parts = || hit_parts(object.header().clone(), settings);
-    if let Some(socket) = Socket::of(session) {
+    if let Some(socket) = Socket::of(session, settings.send_timeout) {
         let tag = settings.answer.generation;
         let head = object
             .prepared()
