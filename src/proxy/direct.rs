@@ -113,7 +113,7 @@ impl Socket {
         body: &Bytes,
     ) -> Sent {
         let tail = self.changing_fields(age_secs);
-        let result = self.write_parts([prepared, &tail, body], 0).await;
+        let result = self.write_parts([prepared, &tail, body]).await;
         self.settle(session, result, body.len() as u64)
     }
 
@@ -129,9 +129,13 @@ impl Socket {
         len: u64,
     ) -> Sent {
         let tail = self.changing_fields(age_secs);
-        // MSG_MORE: the head leaves with the body's first bytes, one segment train.
-        let more = if len > 0 { libc::MSG_MORE } else { 0 };
-        let mut result = self.write_parts([prepared, &tail, &[]], more).await;
+        // The head leaves on its own, uncorked, as nginx's with `tcp_nopush off`. Held
+        // back with MSG_MORE to leave in the body's first segment, it made every
+        // `sendfile` after it cost 2.8x the kernel time (Linux 6.18, loopback; perf of
+        // `bench.py --servers shimmer --scenarios disk`): 21,300-22,000 disk hits/s at
+        // 4.6 CPU s/100k corked, 25,900-26,300 at 3.8 uncorked. nginx's `tcp_nopush on`
+        // (TCP_CORK) costs it the same way (benches/http/nginx.conf).
+        let mut result = self.write_parts([prepared, &tail, &[]]).await;
         if result.is_ok() {
             result = self.write_file(file, off, len).await;
         }
@@ -173,14 +177,14 @@ impl Socket {
         }
     }
 
-    /// Writes `parts` in order (the last is the body), each `sendmsg` with `flags`,
-    /// a slice of the body at a time, handing the thread on after each whole slice.
-    async fn write_parts(&self, mut parts: [&[u8]; 3], flags: libc::c_int) -> Result<(), Cut> {
+    /// Writes `parts` in order (the last is the body), a slice of the body per
+    /// `sendmsg`, handing the thread on after each whole slice.
+    async fn write_parts(&self, mut parts: [&[u8]; 3]) -> Result<(), Cut> {
         let mut waiter = Waiter::new(self.fd, self.stall);
         let body_len = parts[2].len();
         while parts.iter().any(|p| !p.is_empty()) {
             let slice = slice_of(&parts);
-            match writev(self.fd, &slice, flags) {
+            match writev(self.fd, &slice) {
                 Ok(mut n) => {
                     let whole_slice = n == slice.iter().map(|p| p.len()).sum::<usize>();
                     for part in parts.iter_mut() {
@@ -251,7 +255,7 @@ impl Cut {
     }
 }
 
-fn writev(fd: RawFd, parts: &[&[u8]; 3], flags: libc::c_int) -> io::Result<usize> {
+fn writev(fd: RawFd, parts: &[&[u8]; 3]) -> io::Result<usize> {
     let iov = parts.map(|p| libc::iovec {
         iov_base: p.as_ptr() as *mut libc::c_void,
         iov_len: p.len(),
@@ -269,7 +273,7 @@ fn writev(fd: RawFd, parts: &[&[u8]; 3], flags: libc::c_int) -> io::Result<usize
         msg_flags: 0,
     };
     // SAFETY: as above; `msg` points at `iov`, which outlives the call.
-    let n = unsafe { libc::sendmsg(fd, &msg, flags | libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
@@ -390,7 +394,7 @@ mod tests {
         let (socket, ours, client) = pair();
         let reader = slow_reader(client);
         let body = bytes(8 << 20, 1);
-        let written = socket.write_parts([b"head\r\n", b"\r\n", &body], 0).await;
+        let written = socket.write_parts([b"head\r\n", b"\r\n", &body]).await;
         assert!(written.is_ok());
         drop(ours);
         let got = reader.join().expect("reader");
@@ -403,7 +407,7 @@ mod tests {
         let (socket, _ours, client) = pair();
         drop(client);
         let body = bytes(100_000, 2);
-        let Err(cut) = socket.write_parts([b"head\r\n\r\n", b"", &body], 0).await else {
+        let Err(cut) = socket.write_parts([b"head\r\n\r\n", b"", &body]).await else {
             panic!("a write to a closed peer succeeded");
         };
         assert_eq!(cut.body_bytes, 0);
@@ -481,7 +485,7 @@ mod tests {
         socket.stall = Duration::from_millis(50);
         // Connected, never read: the socket fills and stays full.
         let body = bytes(8 << 20, 8);
-        let Err(cut) = socket.write_parts([b"head\r\n\r\n", b"", &body], 0).await else {
+        let Err(cut) = socket.write_parts([b"head\r\n\r\n", b"", &body]).await else {
             panic!("an answer to a client that never reads was sent whole");
         };
         assert_eq!(cut.error.kind(), io::ErrorKind::TimedOut);
