@@ -47,6 +47,7 @@ mod io;
 mod legacy;
 mod nowait;
 mod publish;
+mod root;
 mod scan;
 mod sendable;
 mod storage;
@@ -153,6 +154,8 @@ struct Counters {
 /// The disk tier. Build it once with [`DiskStorage::open`] and leak it.
 pub struct DiskStorage {
     cfg: DiskConfig,
+    /// The directory, held open for the event loop's opens.
+    root: root::RootDir,
     tmp: PathBuf,
     books: Mutex<Books>,
     /// Fills of this store used directly as a `Storage` (the tiered store has its own).
@@ -209,6 +212,7 @@ impl DiskStorage {
     pub fn open(cfg: DiskConfig) -> DiskStorage {
         let store = DiskStorage {
             tmp: cfg.dir.join(".tmp"),
+            root: root::RootDir::new(&cfg.dir),
             cfg,
             books: Mutex::new(Books::default()),
             fills: FillRegistry::default(),
@@ -238,6 +242,7 @@ impl DiskStorage {
             ),
             Err(e) => store.note_write_error("prepare", &store.cfg.dir, &e),
         }
+        store.root.refresh(); // made by `prepare`, if it was missing
         store
     }
 
@@ -411,7 +416,7 @@ impl DiskStorage {
         if self.hook.lock().is_some() {
             return None; // the race tests' hooks run on the blocking path
         }
-        let found = io::open_checked_nowait(&obj.path(&self.cfg.dir), &obj)?;
+        let found = io::open_checked_nowait(&self.root, &obj)?;
         let key = obj.key_hash();
         let settled = match &found {
             Found::Valid(_) => self.books.lock().index.touch(&key),

@@ -25,6 +25,7 @@ use super::fs::FileId;
 pub(crate) use super::fs::{is_absent, remove_quietly};
 use super::nowait;
 use super::publish::{Published, Ticket};
+use super::root::RootDir;
 use super::{legacy, CacheError, DiskStorage};
 use crate::cache::stream::READ_CHUNK;
 use crate::media_type::{self, SNIFF_LEN};
@@ -77,8 +78,8 @@ pub(crate) async fn read_at(file: Arc<File>, off: u64, n: usize) -> io::Result<B
 /// or no file at all. `None` whenever that cannot be told without waiting, or the file
 /// wants more than a header check (an shm-cached file, an invalid one, an mtime due a
 /// touch): [`open_checked`] on the blocking pool then does it all.
-pub(crate) fn open_checked_nowait(path: &Path, obj: &ObjectRef) -> Option<Found> {
-    let (file, stamp) = match open_fresh_nowait(path) {
+pub(crate) fn open_checked_nowait(root: &RootDir, obj: &ObjectRef) -> Option<Found> {
+    let (file, stamp) = match open_fresh_nowait(root, obj) {
         Ok(Some(opened)) => opened,
         Ok(None) => return None,
         Err(e) if is_absent(&e) => return Some(Found::Missing),
@@ -103,12 +104,15 @@ pub(crate) struct FileStamp {
     pub mtime: SystemTime,
 }
 
-/// The first half of [`open_checked_nowait`]: the file at `path`, opened if the kernel
-/// can resolve it without I/O, a regular file whose mtime is not due a touch.
+/// The first half of [`open_checked_nowait`]: `obj`'s file, opened if the kernel can
+/// resolve it without I/O, a regular file whose mtime is not due a touch.
 /// `Ok(None)`: that cannot be had without waiting (or the touch is due); `Err`: a real
 /// answer such as `NotFound`.
-pub(crate) fn open_fresh_nowait(path: &Path) -> io::Result<Option<(File, FileStamp)>> {
-    let Some(file) = nowait::open_cached(path)? else {
+pub(crate) fn open_fresh_nowait(
+    root: &RootDir,
+    obj: &ObjectRef,
+) -> io::Result<Option<(File, FileStamp)>> {
+    let Some(file) = root.open_cached(obj)? else {
         return Ok(None);
     };
     // fstat on an open descriptor needs no I/O: the inode is in memory.

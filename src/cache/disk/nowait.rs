@@ -15,10 +15,10 @@
 //! or filesystem without them (`ENOSYS`, `EINVAL`, `EOPNOTSUPP`) turns the inline try
 //! off for the process: everything then takes the blocking pool, as before.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,24 +58,32 @@ fn unsupported(e: &io::Error) -> bool {
 /// would have to wait (or cannot try); `Err`: a real answer such as `NotFound` (a
 /// cached negative dentry).
 pub(crate) fn open_cached(path: &Path) -> io::Result<Option<File>> {
-    if !OPEN_CACHED.load(Ordering::Relaxed) {
-        return Ok(None);
-    }
     let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
         return Ok(None);
     };
+    open_cached_at(None, &cpath)
+}
+
+/// [`open_cached`] of `rel`, relative to the directory `dir` (absolute paths and the
+/// working directory's relative ones with `None`).
+pub(crate) fn open_cached_at(dir: Option<BorrowedFd<'_>>, rel: &CStr) -> io::Result<Option<File>> {
+    if !OPEN_CACHED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
     // SAFETY: `open_how` is plain integers, for which all zeroes is valid (and what
     // the kernel wants in every field not set).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_CACHED;
-    // SAFETY: `cpath` is a valid C string and `how` a valid `open_how` of the size
-    // passed; the kernel reads both and returns a new descriptor or -1.
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `rel` is a valid C string, `dirfd` an open directory (or AT_FDCWD) that
+    // outlives the call, and `how` a valid `open_how` of the size passed; the kernel
+    // reads them and returns a new descriptor or -1.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            libc::AT_FDCWD,
-            cpath.as_ptr(),
+            dirfd,
+            rel.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
         )
