@@ -228,10 +228,12 @@ impl ProxyHttp for Mirror {
             let req = session.req_header();
             req.headers.get(HOP_HEADER).and_then(|v| v.to_str().ok())
         });
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let client_ip = || {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        };
         let hopped = route::hop_trusted(peers, marker, media.object(), client_ip);
         let (way, failover) = route::decide(&fleet, peers, ctx.settings.mode, &media, hopped);
         if let Some(to) = failover {
