@@ -26,7 +26,8 @@ the floor's is how close its hit path comes to Pingora's own limit. Scenarios:
                    helps no server here, as every body passes through TLS
 
 Reported: requests/s, p50/p99/p99.9 latency, CPU seconds of the server per 100k
-requests, origin requests (hit ratio), peak memory, errors, steal, and shimmer's ratio
+requests (its processes' time; and all of its core's busy time, softirq included),
+origin requests (hit ratio), peak memory, errors, steal, and shimmer's ratio
 to the best peer (and to the floor). The tables go to stdout, everything to
 target/bench/http.json. Benchmarks report; they never fail on a number. They do fail
 if a server cannot start or answers wrong (errors > 0, or wrong bytes).

@@ -47,17 +47,23 @@ def core_ticks(cpus):
 class CoreShare:
     """What the server's core did besides running the server during a run, as shares of
     the run's wall time: `steal_pct` (the hypervisor) and `other_pct` (other processes,
-    a build say, plus softirq time the kernel does not charge to the server)."""
+    a build say, plus softirq time the kernel does not charge to the server); and
+    `core_s_per_100k`, all the core's busy time per 100k requests. On the dedicated core
+    that is the server's whole cost, softirq included: a server that sends with
+    `sendfile` has much of its TCP work done in softirq, which no process is charged for
+    (nginx's cold burst: 7 s/100k of process time and 9 more of softirq)."""
 
     def __init__(self, server):
         self.server = server
         self.cpu, (self.busy, self.steal) = server.cpu_seconds(), core_ticks(server.cpus)
 
-    def finish(self, seconds):
+    def finish(self, seconds, requests):
         busy, steal = core_ticks(self.server.cpus)
         mine = (self.server.cpu_seconds() - self.cpu) * CLK_TCK
+        core_s = (busy - self.busy) / CLK_TCK
         return {"steal_pct": 100 * (steal - self.steal) / CLK_TCK / seconds,
-                "other_pct": max(0.0, 100 * (busy - self.busy - mine) / CLK_TCK / seconds)}
+                "other_pct": max(0.0, 100 * (busy - self.busy - mine) / CLK_TCK / seconds),
+                "core_s_per_100k": core_s / requests * 100_000 if requests else None}
 
 
 class MemorySampler(threading.Thread):
@@ -219,7 +225,7 @@ def measure_once(args, server, origin_port, run, conns, size=None):
     origin = origin_requests(origin_port) - origin_before
     requests = result["requests"]
     seconds = result["duration_us"] / 1e6
-    core = share.finish(seconds)
+    core = share.finish(seconds, requests)
     wrong = bytes_check(result, size, conns) if size and requests else None
     return {
         "connections": conns,
@@ -355,7 +361,7 @@ def measure_cold(args, server, origin_port, entry, tls=None):
     cpu = server.cpu_seconds() - before["cpu"]
     if profile:
         profile.finish()
-    core = before["share"].finish(wall)
+    core = before["share"].finish(wall, len(results))
     latencies = sorted(r[2] for r in results if r[2] is not None)
     bad = [r[1] for r in results if not r[0]]
     pick = lambda q: _percentile(latencies, q) * 1000

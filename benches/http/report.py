@@ -50,6 +50,8 @@ def _over(mine, other):
         "rps": mine["rps"] / best("rps", max),
         "p99": mine["p99_ms"] / p99 if p99 else None,
         "cpu": mine["cpu_s_per_100k"] / best("cpu_s_per_100k", min),
+        "core": (mine["core_s_per_100k"] / best("core_s_per_100k", min)
+                 if mine.get("core_s_per_100k") and best("core_s_per_100k", min) else None),
     }
 
 
@@ -81,7 +83,7 @@ def _fmt(value, spec, missing="-"):
 def table(results, ratio, tls_info=None):
     lines = []
     head = (f"{'server':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-            f"{'CPU s/100k':>12}{'origin':>8}{'hit %':>7}{'mem MiB':>9}{'errors':>8}{'steal %':>9}"
+            f"{'CPU s/100k':>12}{'core s/100k':>12}{'origin':>8}{'hit %':>7}{'mem MiB':>9}{'errors':>8}{'steal %':>9}"
             f"{'other %':>9}")
     for scenario, _group, title, servers in SCENARIOS:
         rows = []
@@ -97,6 +99,7 @@ def table(results, ratio, tls_info=None):
             rows.append(
                 f"{name:<9}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                 f"{r['p999_ms']:>10.2f}{_fmt(r['cpu_s_per_100k'], '12.2f'):>12}"
+                f"{_fmt(r.get('core_s_per_100k'), '12.2f'):>12}"
                 f"{r['origin_requests']:>8}{hit:>7}"
                 f"{_fmt(r.get('peak_memory_mib'), '.0f'):>9}{r['errors']:>8}"
                 f"{_fmt(r.get('steal_pct'), '.1f'):>9}{_fmt(r.get('other_pct'), '.1f'):>9}")
@@ -106,14 +109,16 @@ def table(results, ratio, tls_info=None):
         q = ratio.get(scenario, {})
         if "rps" in q:
             text = (f"shimmer / best peer: req/s {q['rps']:.2f}x (higher is better), "
-                    f"p99 {_fmt(q['p99'], '.2f')}x, CPU {q['cpu']:.2f}x (lower is better)")
+                    f"p99 {_fmt(q['p99'], '.2f')}x, CPU {q['cpu']:.2f}x, "
+                    f"core {_fmt(q.get('core'), '.2f')}x (lower is better)")
             if "hit_points" in q:
                 text += f", hit ratio {q['hit_points']:+.1f} points"
             lines.append(text)
         if "floor" in q:
             f = q["floor"]
             lines.append(f"shimmer / Pingora floor: req/s {f['rps']:.2f}x, "
-                         f"p99 {_fmt(f['p99'], '.2f')}x, CPU {f['cpu']:.2f}x")
+                         f"p99 {_fmt(f['p99'], '.2f')}x, CPU {f['cpu']:.2f}x, "
+                         f"core {_fmt(f.get('core'), '.2f')}x")
     if tls_info:
         lines += ["", "TLS as negotiated (a client offering h2 and http/1.1; resumes: "
                       "a second connection resumed the first's session):"]
