@@ -262,15 +262,18 @@ impl ProxyHttp for Mirror {
             Route::Here => {}
         }
         ctx.only_if_cached = only_if_cached(session.req_header());
+        // Kept before anything is written, so that an answer that fails (a client gone,
+        // a send timeout) is still counted under its silo.
+        let media = &*ctx.media.insert(media);
         let storage = &self.shared.cache.storage;
         let mut fast = None;
         // A plain GET: the fast paths answer it exactly as the full path would.
         if memory_hit::eligible(session.req_header()) {
-            fast = memory_hit::serve(session, storage, &media, &ctx.settings).await?;
+            fast = memory_hit::serve(session, storage, media, &ctx.settings).await?;
             if fast.is_none() {
                 // Boxed: its future (the sendfile loop) would otherwise grow every
                 // request's, and memory hits would move it around for nothing.
-                fast = Box::pin(disk_hit::serve(session, storage, &media, &ctx.settings))
+                fast = Box::pin(disk_hit::serve(session, storage, media, &ctx.settings))
                     .await
                     .map(FastHit::Direct);
             }
@@ -278,15 +281,12 @@ impl ProxyHttp for Mirror {
         if fast.is_some() {
             ctx.outcome = Outcome::Served;
             ctx.fast_hit = fast;
-            ctx.media = Some(media);
             return Ok(true);
         }
         if !ctx.only_if_cached {
-            let storage = &self.shared.cache.storage;
             let ahead = ctx.settings.range_passthrough_ahead;
-            ctx.range_pass = range::plan(session.req_header(), storage, &media, ahead);
+            ctx.range_pass = range::plan(session.req_header(), storage, media, ahead);
         }
-        ctx.media = Some(media);
         Ok(false)
     }
 

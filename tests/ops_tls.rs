@@ -407,6 +407,52 @@ fn copy_atomic(from: &Path, to: &Path) {
     std::fs::rename(&tmp, to).expect("rename");
 }
 
+/// A client that stops taking an HTTP/2 answer (it grants no flow-control window past
+/// the first 65,535 bytes) is cut after `shimmer.http.send_timeout`, as on HTTP/1.1
+/// (tests/http1.rs): its stream is reset, the answer is counted as an error under its
+/// silo, and the mirror serves on.
+#[test]
+fn an_h2_stream_that_stops_taking_its_answer_is_reset_after_send_timeout() {
+    let w = world();
+    let hash = test_hash(7002);
+    let big = jpeg_bytes(2 << 20, 7002);
+    w._data.put("_images", &hash, &big);
+    let path = format!("/_images/{hash}/7002.jpg");
+    let a = make_cert(w.work.path(), "a", &["a.test"]);
+    let (m, tls) = start_tls_mirror(&w, &[&a], "  http:\n    send_timeout: 1s\n");
+    // The fill, so that the h2 request is a memory hit.
+    assert_eq!(m.get(&path).body.len(), big.len());
+    let labels = [("silo", "_images"), ("outcome", "error")];
+    let before = m.metric("shimmer_requests_total", &labels);
+
+    let mut s = tls_connect(tls, Some("a.test"), Some(H2_AND_H1)).expect("TLS handshake");
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    // Without the timeout the server would wait for window for ever: fail, not hang.
+    let tcp = s.get_ref();
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let reset = match h2_exchange(&mut s, "a.test", &path) {
+        Ok((status, body)) => panic!(
+            "a whole answer without window: {status}, {} bytes",
+            body.len()
+        ),
+        Err(reset) => reset,
+    };
+    assert!(
+        reset.kind == FRAME_RST_STREAM || reset.kind == FRAME_GOAWAY,
+        "{reset:?}"
+    );
+    assert!(
+        reset.body_bytes <= 65_535,
+        "no more than the initial window was sent: {}",
+        reset.body_bytes
+    );
+    wait_until("the cut answer counted as an error", || {
+        (m.metric("shimmer_requests_total", &labels) >= before + 1.0).then_some(())
+    });
+    assert_eq!(m.get(&path).body, big, "the mirror serves on");
+}
+
 // --- A minimal HTTP/2 client: enough for one GET (RFC 9113, HPACK RFC 7541). ---
 
 const FRAME_DATA: u8 = 0x0;
@@ -454,6 +500,24 @@ fn hpack_literal(out: &mut Vec<u8>, name_index: usize, value: &str) {
 
 /// GET on stream 1; returns the status and the body.
 fn h2_get(s: &mut TlsStream, authority: &str, path: &str) -> (u16, Vec<u8>) {
+    match h2_exchange(s, authority, path) {
+        Ok(answer) => answer,
+        Err(reset) => panic!("h2: the server reset the exchange: {reset:?}"),
+    }
+}
+
+/// How a server ended an exchange early: the frame (RST_STREAM or GOAWAY), its
+/// payload, and how many body bytes had come.
+#[derive(Debug)]
+struct H2Reset {
+    kind: u8,
+    payload: Vec<u8>,
+    body_bytes: usize,
+}
+
+/// GET on stream 1, never granting flow-control window beyond the initial 65,535 bytes:
+/// the status and the body, or how the server cut it short.
+fn h2_exchange(s: &mut TlsStream, authority: &str, path: &str) -> Result<(u16, Vec<u8>), H2Reset> {
     let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
     hpack_literal(&mut block, 4, path); // :path
     hpack_literal(&mut block, 1, authority); // :authority
@@ -507,7 +571,7 @@ fn h2_get(s: &mut TlsStream, authority: &str, path: &str) -> (u16, Vec<u8>) {
                     other => panic!("unexpected :status encoding {other:?}"),
                 };
                 if flags & FLAG_END_STREAM != 0 {
-                    return (status, body);
+                    return Ok((status, body));
                 }
             }
             FRAME_DATA if stream == 1 => {
@@ -518,11 +582,16 @@ fn h2_get(s: &mut TlsStream, authority: &str, path: &str) -> (u16, Vec<u8>) {
                 }
                 body.extend_from_slice(p);
                 if flags & FLAG_END_STREAM != 0 {
-                    return (status, body);
+                    return Ok((status, body));
                 }
             }
             FRAME_RST_STREAM | FRAME_GOAWAY => {
-                panic!("h2: the server reset the exchange (frame type {kind}): {payload:?}")
+                let body_bytes = body.len();
+                return Err(H2Reset {
+                    kind,
+                    payload,
+                    body_bytes,
+                });
             }
             _ => {}
         }
