@@ -426,3 +426,39 @@ fn a_client_that_stops_reading_is_cut_off_after_send_timeout_on_every_path() {
     let r = http_get(mirror.addr, &path).expect("after");
     assert_eq!(sha256(&r.body), sha256(&body));
 }
+
+/// An image the origin sends without a length (chunked) is stored without one. The fast
+/// paths answer only a body whose stored length is its own, so its hits take the full
+/// path, which frames them: the same bytes, from the cache, on one connection.
+#[test]
+fn an_image_the_origin_sent_without_a_length_is_served_whole_from_the_cache() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let hash = test_hash(510);
+    let body = jpeg_bytes(300_000, 510);
+    let mut reply = fake_peer::head(
+        "200 OK",
+        &["Content-Type: image/jpeg", "Transfer-Encoding: chunked"],
+    );
+    for chunk in body.chunks(65_536) {
+        reply.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        reply.extend_from_slice(chunk);
+        reply.extend_from_slice(b"\r\n");
+    }
+    reply.extend_from_slice(b"0\r\n\r\n");
+    let origin =
+        fake_peer::FakePeer::start(free_port(), move |_| fake_peer::Reply::Send(reply.clone()));
+    let mirror = mirror_for(&work, origin.addr, "");
+    let host = mirror.addr.to_string();
+    let path = format!("/_images/{hash}/1.jpg");
+    let mut conn = HttpConn::new(tcp_connect(mirror.addr).expect("connect"));
+    for (i, cache) in ["MISS", "HIT", "HIT"].into_iter().enumerate() {
+        let r = answer(conn.request("GET", &host, &path, &[], &[]), "GET");
+        assert_eq!(
+            (r.status, r.header("x-cache")),
+            (200, Some(cache)),
+            "answer {i}"
+        );
+        assert_eq!(sha256(&r.body), sha256(&body), "answer {i}");
+    }
+    assert_eq!(origin.seen().len(), 1, "one origin fetch, then hits");
+}
