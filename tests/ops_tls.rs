@@ -440,7 +440,9 @@ fn an_h2_stream_that_stops_taking_its_answer_is_reset_after_send_timeout() {
     };
     assert!(
         reset.kind == FRAME_RST_STREAM || reset.kind == FRAME_GOAWAY,
-        "{reset:?}"
+        "frame type {}, payload {:?}",
+        reset.kind,
+        reset.payload
     );
     assert!(
         reset.body_bytes <= 65_535,
