@@ -447,3 +447,49 @@ fn a_get_with_a_body_takes_the_full_path_which_closes_after_it() {
     assert_eq!(sha256(&r.body), sha256(&bytes));
     assert_eq!(sent(&m), 1.0);
 }
+
+/// On a kernel without `cachestat` (before Linux 6.5) the mirror cannot tell whether a
+/// file's pages are cached, so it never sends one from the event loop: every disk hit is
+/// read and arrives whole. The mirror runs under a seccomp filter that answers
+/// `cachestat` with ENOSYS, as such a kernel does; the same cache under a mirror without
+/// the filter is sent.
+#[test]
+fn without_cachestat_disk_hits_are_read_never_sent_and_arrive_whole() {
+    const SYS_CACHESTAT: u32 = 451; // the same number on every architecture
+    let w = World::new();
+    let (path, bytes) = w.image(90, 200_000);
+    let port = free_port();
+    let spawn = |args: &[&str], log| Proc::spawn_without_syscall(SYS_CACHESTAT, args, log);
+    let m = Mirror::start_yaml_with(w.work.path(), port, &w.spec(port), spawn);
+    for what in ["the fill", "a disk hit", "another"] {
+        let r = get(&m, &path);
+        assert_eq!(r.status, 200, "{what}");
+        assert_eq!(sha256(&r.body), sha256(&bytes), "{what}");
+    }
+    assert_eq!(
+        metric(
+            &m,
+            "shimmer_requests_total",
+            &[("silo", "_images"), ("outcome", "hit")]
+        ),
+        2.0,
+        "two hits, from the disk tier"
+    );
+    assert_eq!(
+        sent(&m),
+        0.0,
+        "nothing sent without knowing its pages are cached"
+    );
+    drop(m);
+
+    let port = free_port();
+    let m = w.mirror(port);
+    wait_until(
+        "the hit sent, once the restart scan has indexed and a read checked it",
+        || {
+            let r = get(&m, &path);
+            assert_eq!(sha256(&r.body), sha256(&bytes));
+            (sent(&m) >= 1.0).then_some(())
+        },
+    );
+}

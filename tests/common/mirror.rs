@@ -97,11 +97,21 @@ impl Mirror {
 
     /// Starts a mirror on a config text (e.g. `mirror_yaml` with lines added).
     pub fn start_yaml(work: &Path, port: u16, yaml: &str) -> Mirror {
+        Mirror::start_yaml_with(work, port, yaml, Proc::spawn)
+    }
+
+    /// [`Mirror::start_yaml`] with a chosen spawner.
+    pub fn start_yaml_with(
+        work: &Path,
+        port: u16,
+        yaml: &str,
+        spawn: impl FnOnce(&[&str], PathBuf) -> Proc,
+    ) -> Mirror {
         let conf = work.join(format!("mirror-{port}.yaml"));
         std::fs::write(&conf, yaml).expect("write config");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = work.join(format!("mirror-{port}.log"));
-        let mut proc = Proc::spawn(&["-c", path_str(&conf)], log);
+        let mut proc = spawn(&["-c", path_str(&conf)], log);
         wait_for_port(&mut proc, addr, "mirror");
         Mirror { proc, addr, conf }
     }

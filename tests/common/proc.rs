@@ -58,6 +58,43 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Like [`Proc::spawn`], under a seccomp filter that answers system call `nr` with
+    /// `ENOSYS`, as a kernel that predates it does (e.g. `cachestat`, Linux 6.5).
+    pub fn spawn_without_syscall(nr: u32, args: &[&str], log: PathBuf) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let filter = enosys_filter(nr);
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: only prctl, async-signal-safe, runs in the child between fork and exec;
+        // the filter it points at was built before the fork and is the child's copy.
+        unsafe {
+            cmd.pre_exec(move || {
+                let prog = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        &prog as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start shimmer under seccomp");
+        Proc { child, log }
+    }
+
     /// Like [`Proc::spawn`], but without RUST_LOG, so the config's `log_level` rules.
     pub fn spawn_without_rust_log(args: &[&str], log: PathBuf) -> Proc {
         let out = std::fs::File::create(&log).expect("create log file");
@@ -129,4 +166,28 @@ pub fn wait_for_log(proc: &Proc, needle: &str, timeout: Duration) -> Option<Stri
         let text = proc.log_text();
         text.lines().find(|l| l.contains(needle)).map(str::to_owned)
     })
+}
+
+/// A classic-BPF seccomp program: system call `nr` of this architecture fails with
+/// `ENOSYS`, everything else is allowed.
+fn enosys_filter(nr: u32) -> Vec<libc::sock_filter> {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+                             // Offsets in `struct seccomp_data`.
+    const NR: u32 = 0;
+    const ARCH: u32 = 4;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_W_ABS, 0, 0, ARCH),
+        op(JEQ_K, 0, 3, AUDIT_ARCH),
+        op(LD_W_ABS, 0, 0, NR),
+        op(JEQ_K, 0, 1, nr),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
