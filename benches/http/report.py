@@ -44,14 +44,13 @@ def _measured(results, name, scenario):
 
 
 def _over(mine, other):
-    best = lambda key, pick: pick(p[key] for p in other if p.get(key) is not None)
-    p99 = best("p99_ms", min)
+    best = lambda key, pick: pick((p[key] for p in other if p.get(key) is not None), default=None)
+    p99, core = best("p99_ms", min), best("core_s_per_100k", min)
     return {
         "rps": mine["rps"] / best("rps", max),
         "p99": mine["p99_ms"] / p99 if p99 else None,
         "cpu": mine["cpu_s_per_100k"] / best("cpu_s_per_100k", min),
-        "core": (mine["core_s_per_100k"] / best("core_s_per_100k", min)
-                 if mine.get("core_s_per_100k") and best("core_s_per_100k", min) else None),
+        "core": mine["core_s_per_100k"] / core if mine.get("core_s_per_100k") and core else None,
     }
 
 

@@ -17,16 +17,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start shimmer");
+        let mut cmd = command(args, &log);
+        cmd.env("RUST_LOG", "info");
+        Proc::start(cmd, log)
+    }
+
+    fn start(mut cmd: Command, log: PathBuf) -> Proc {
+        let child = cmd.spawn().expect("start shimmer");
         Proc { child, log }
     }
 
@@ -62,15 +59,9 @@ impl Proc {
     /// `ENOSYS`, as a kernel that predates it does (e.g. `cachestat`, Linux 6.5).
     pub fn spawn_without_syscall(nr: u32, args: &[&str], log: PathBuf) -> Proc {
         use std::os::unix::process::CommandExt;
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
+        let mut cmd = command(args, &log);
+        cmd.env("RUST_LOG", "info");
         let filter = enosys_filter(nr);
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
         // SAFETY: only prctl, async-signal-safe, runs in the child between fork and exec;
         // the filter it points at was built before the fork and is the child's copy.
         unsafe {
@@ -91,23 +82,14 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("start shimmer under seccomp");
-        Proc { child, log }
+        Proc::start(cmd, log)
     }
 
     /// Like [`Proc::spawn`], but without RUST_LOG, so the config's `log_level` rules.
     pub fn spawn_without_rust_log(args: &[&str], log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new(BIN)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start shimmer");
-        Proc { child, log }
+        let mut cmd = command(args, &log);
+        cmd.env_remove("RUST_LOG");
+        Proc::start(cmd, log)
     }
 
     /// Waits (bounded) for the process to exit; its exit status, or `None` if it runs on.
@@ -168,26 +150,48 @@ pub fn wait_for_log(proc: &Proc, needle: &str, timeout: Duration) -> Option<Stri
     })
 }
 
+/// `shimmer ARGS`, its output (both streams) to `log`, no input.
+fn command(args: &[&str], log: &std::path::Path) -> Command {
+    let out = std::fs::File::create(log).expect("create log file");
+    let err = out.try_clone().expect("clone log file");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd
+}
+
 /// A classic-BPF seccomp program: system call `nr` of this architecture fails with
 /// `ENOSYS`, everything else is allowed.
 fn enosys_filter(nr: u32) -> Vec<libc::sock_filter> {
+    use libc::{seccomp_data, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    // <linux/audit.h>; libc has no AUDIT_ARCH_* constants.
     #[cfg(target_arch = "x86_64")]
     const AUDIT_ARCH: u32 = 0xC000_003E;
     #[cfg(target_arch = "aarch64")]
     const AUDIT_ARCH: u32 = 0xC000_00B7;
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-                             // Offsets in `struct seccomp_data`.
-    const NR: u32 = 0;
-    const ARCH: u32 = 4;
-    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let load = |offset: usize| libc::sock_filter {
+        code: (BPF_LD | BPF_W | BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k: offset as u32,
+    };
+    let jump_if = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ret = |k: u32| libc::sock_filter {
+        code: (BPF_RET | BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
     vec![
-        op(LD_W_ABS, 0, 0, ARCH),
-        op(JEQ_K, 0, 3, AUDIT_ARCH),
-        op(LD_W_ABS, 0, 0, NR),
-        op(JEQ_K, 0, 1, nr),
-        op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-        op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+        load(std::mem::offset_of!(seccomp_data, arch)),
+        jump_if(AUDIT_ARCH, 0, 3), // another architecture's numbers: allow
+        load(std::mem::offset_of!(seccomp_data, nr)),
+        jump_if(nr, 0, 1),
+        ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        ret(libc::SECCOMP_RET_ALLOW),
     ]
 }

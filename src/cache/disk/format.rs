@@ -56,11 +56,41 @@ impl ObjectRef {
         dir.join(self.rel_dir()).join(&*self.hex())
     }
 
+    /// `<silo>/<ab>/<cd>/<hash>`, relative to the cache directory, as a C string on the
+    /// stack: what a hit opens ([`super::root`]), without allocating a path.
+    pub(crate) fn rel_path_c(&self) -> RelPath {
+        let hex = self.hex();
+        let hex = hex.as_bytes();
+        let silo = self.silo.as_str().as_bytes();
+        let mut buf = [0u8; RelPath::CAP];
+        let mut at = 0;
+        for part in [silo, b"/", &hex[0..2], b"/", &hex[2..4], b"/", hex] {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        RelPath { buf, len: at }
+    }
+
     /// Index of this object's leaf directory among all `2 * 65536` of them.
     pub(crate) fn dir_slot(&self) -> usize {
         usize::from(self.silo.to_byte()) << 16
             | usize::from(self.md5.0[0]) << 8
             | usize::from(self.md5.0[1])
+    }
+}
+
+/// [`ObjectRef::rel_path_c`]: at most `_thumbs/ab/cd/` and 32 hex digits, and a NUL.
+pub(crate) struct RelPath {
+    buf: [u8; RelPath::CAP],
+    len: usize,
+}
+
+impl RelPath {
+    const CAP: usize = 48;
+
+    pub(crate) fn as_c_str(&self) -> &std::ffi::CStr {
+        // `buf[len]` is the first NUL: silo names and hex digits hold none.
+        std::ffi::CStr::from_bytes_with_nul(&self.buf[..=self.len]).unwrap_or_default()
     }
 }
 

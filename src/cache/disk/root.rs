@@ -11,7 +11,6 @@
 //! again at most once a second and the descriptor replaced when it names another
 //! directory, or dropped when it names none (opens then take the whole path).
 
-use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -51,11 +50,13 @@ impl Held {
 }
 
 impl RootDir {
+    /// Holds nothing yet: [`Self::refresh`] once the directory is made, then at most
+    /// once a second as opens come.
     pub(crate) fn new(path: &Path) -> RootDir {
         RootDir {
             path: path.to_owned(),
-            held: ArcSwapOption::new(Held::open(path).map(Arc::new)),
-            checked: AtomicU64::new(unix_now()),
+            held: ArcSwapOption::empty(),
+            checked: AtomicU64::new(0),
         }
     }
 
@@ -63,7 +64,9 @@ impl RootDir {
     pub(crate) fn open_cached(&self, obj: &ObjectRef) -> io::Result<Option<File>> {
         self.recheck_at(unix_now());
         match &*self.held.load() {
-            Some(held) => nowait::open_cached_at(Some(held.dir.as_fd()), RelPath::of(obj).c()),
+            Some(held) => {
+                nowait::open_cached_at(Some(held.dir.as_fd()), obj.rel_path_c().as_c_str())
+            }
             None => nowait::open_cached(&obj.path(&self.path)),
         }
     }
@@ -84,7 +87,9 @@ impl RootDir {
         }
     }
 
-    /// Holds the directory the name now names (none if none).
+    /// Holds the directory the name now names (none if none). On the event loop, once a
+    /// second: the lookup waits for no disk, as every dentry of the path is pinned by the
+    /// open descriptor (or was just made, if the name is new).
     pub(crate) fn refresh(&self) {
         let named = std::fs::metadata(&self.path)
             .ok()
@@ -95,39 +100,6 @@ impl RootDir {
         }
         let held = named.and_then(|_| Held::open(&self.path));
         self.held.store(held.map(Arc::new));
-    }
-}
-
-/// `<silo>/<ab>/<cd>/<hash>` and a NUL, on the stack (a hit allocates no path).
-struct RelPath {
-    buf: [u8; 48],
-}
-
-impl RelPath {
-    fn of(obj: &ObjectRef) -> RelPath {
-        let hex = obj.hex();
-        let hex = hex.as_bytes();
-        let mut buf = [0u8; 48];
-        let mut at = 0;
-        for part in [
-            obj.silo.as_str().as_bytes(),
-            b"/",
-            &hex[0..2],
-            b"/",
-            &hex[2..4],
-        ]
-        .into_iter()
-        .chain([b"/".as_slice(), hex])
-        {
-            buf[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        RelPath { buf }
-    }
-
-    fn c(&self) -> &CStr {
-        // The buffer ends in NULs and holds none before: silo names and hex digits.
-        CStr::from_bytes_until_nul(&self.buf).unwrap_or_default()
     }
 }
 
@@ -167,14 +139,33 @@ mod tests {
         FileId::of(&std::fs::metadata(path).expect("exists"))
     }
 
+    /// A store's root as [`DiskStorage::open`](super::DiskStorage::open) makes it.
+    fn held_at(path: &Path) -> RootDir {
+        let root = RootDir::new(path);
+        root.refresh();
+        root.checked.store(unix_now(), Ordering::Relaxed);
+        root
+    }
+
     #[test]
     fn the_relative_path_is_the_whole_paths_tail() {
         for silo in Silo::ALL {
             let obj = object(silo);
-            let rel = RelPath::of(&obj);
-            let rel = Path::new(rel.c().to_str().expect("ascii"));
+            let rel = obj.rel_path_c();
+            let rel = Path::new(rel.as_c_str().to_str().expect("ascii"));
             assert_eq!(Path::new("/c").join(rel), obj.path(Path::new("/c")));
         }
+    }
+
+    #[test]
+    fn a_cache_path_that_is_no_directory_is_held_as_nothing() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let file = parent.path().join("cache");
+        std::fs::write(&file, b"not a directory").expect("a file");
+        let root = held_at(&file);
+        assert_eq!(held_id(&root), None);
+        let opened = read(&root, &object(Silo::Images));
+        assert!(!matches!(opened, Ok(Some(_))), "nothing opens: {opened:?}");
     }
 
     #[test]
@@ -182,7 +173,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let obj = object(Silo::Thumbs);
         put(dir.path(), &obj, b"one");
-        let root = RootDir::new(dir.path());
+        let root = held_at(dir.path());
         assert_eq!(held_id(&root), Some(id_of(dir.path())));
         root.checked.store(u64::MAX, Ordering::Relaxed); // no look at the name again
         let moved = dir.path().with_extension("moved");
@@ -203,7 +194,7 @@ mod tests {
         let (dir, old) = (parent.path().join("cache"), parent.path().join("old"));
         let obj = object(Silo::Images);
         put(&dir, &obj, b"before");
-        let root = RootDir::new(&dir);
+        let root = held_at(&dir);
         let t = root.checked.load(Ordering::Relaxed);
         std::fs::rename(&dir, &old).expect("moved away");
         put(&dir, &obj, b"after");
@@ -223,7 +214,7 @@ mod tests {
         let parent = tempfile::tempdir().expect("tempdir");
         let dir = parent.path().join("cache");
         let obj = object(Silo::Images);
-        let root = RootDir::new(&dir);
+        let root = held_at(&dir);
         assert_eq!(held_id(&root), None, "nothing to hold yet");
         let t = root.checked.load(Ordering::Relaxed);
         put(&dir, &obj, b"made");
