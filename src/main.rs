@@ -80,6 +80,7 @@ fn main() -> ExitCode {
     if let Err(e) = reload::hold_early_sighup() {
         eprintln!("shimmer: warning: cannot hold SIGHUP until reload is ready: {e}");
     }
+    raise_open_files_limit();
     let loaded = match &cli.conf {
         Some(path) => config::load(path),
         None => config::parse(
@@ -325,4 +326,33 @@ fn init_tracing(filter: tracing_subscriber::EnvFilter) -> Option<LogLevelHook> {
     Some(Box::new(move |filter| {
         handle.reload(filter).map_err(|e| e.to_string())
     }))
+}
+
+/// Raises the soft limit on open descriptors to the hard one, as Go's runtime does: the
+/// soft default of a login shell (1024) is there for `select()`, which nothing here
+/// uses, and would refuse the 1,025th connection of a cold stampede. (The shipped
+/// `shimmer.service` sets `LimitNOFILE` itself; this is for a mirror started by hand.)
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            // The soft limit stays; connections past it are refused.
+            eprintln!(
+                "shimmer: warning: cannot raise the open files limit from {}: {}",
+                lim.rlim_cur,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }

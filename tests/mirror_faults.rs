@@ -282,3 +282,80 @@ async fn configured_host_header_reaches_the_origin() {
         "the visitor's cookie reached the origin"
     );
 }
+
+/// The soft and hard "Max open files" of a running process.
+fn open_files_limits(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut nums = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (nums.next().expect("soft"), nums.next().expect("hard"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_started_under_a_low_soft_open_files_limit_serves_more_connections_than_it() {
+    const SOFT: u64 = 128;
+    const CONNECTIONS: usize = 300;
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(work.path().join("data"));
+    let origin = Origin::start(&data.dir, work.path());
+    let port = free_port();
+    let spec = MirrorSpec {
+        node: "a",
+        port,
+        origins: vec![format!("http://{}", origin.addr)],
+        image_ilink: format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext"),
+        image_tlink: format!("http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"),
+        extra_cache: "",
+        extra_origin: "",
+    };
+    let mirror = Mirror::start_yaml_with(
+        work.path(),
+        port,
+        &mirror_yaml(work.path(), &spec),
+        |args, log| Proc::spawn_with_soft_open_files(SOFT, args, log),
+    );
+    let (soft, hard) = open_files_limits(mirror.proc.pid());
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+    assert!(
+        hard >= CONNECTIONS as u64 * 2,
+        "the test needs a hard limit of at least {}",
+        CONNECTIONS * 2
+    );
+
+    let hash = test_hash(77);
+    let body = jpeg_bytes(4_000, 77);
+    data.put("_images", &hash, &body);
+    let path = format!("/_images/{hash}/x.jpg");
+    let addr = mirror.addr;
+    // All connections open at once (a stampede), then each asks: with the soft limit
+    // kept, accepts past it fail and those connections are never answered.
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut conns: Vec<_> = (0..CONNECTIONS)
+            .map(|_| HttpConn::new(TcpStream::connect(addr).expect("connect")))
+            .collect();
+        for c in &mut conns {
+            c.send("GET", "x", &path, &[], b"").expect("send");
+        }
+        // One deadline for all: unanswered connections fail the test, not one by one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        conns
+            .iter_mut()
+            .map(|c| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                c.stream
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .expect("timeout");
+                c.read_response(false)
+            })
+            .filter(|r| r.as_ref().is_ok_and(|r| r.status == 200 && r.body == body))
+            .count()
+    })
+    .await
+    .expect("clients");
+    assert_eq!(answered, CONNECTIONS, "every connection answered whole");
+}

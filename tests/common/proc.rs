@@ -85,6 +85,32 @@ impl Proc {
         Proc::start(cmd, log)
     }
 
+    /// Like [`Proc::spawn`], with the soft limit on open descriptors lowered to `soft`
+    /// (the hard one as the test's), as a login shell's 1024 is below its hard limit.
+    pub fn spawn_with_soft_open_files(soft: u64, args: &[&str], log: PathBuf) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = command(args, &log);
+        // SAFETY: only getrlimit and setrlimit, async-signal-safe, run in the child
+        // between fork and exec, on a struct of their own.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                lim.rlim_cur = soft.min(lim.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Proc::start(cmd, log)
+    }
+
     /// Like [`Proc::spawn`], but without RUST_LOG, so the config's `log_level` rules.
     pub fn spawn_without_rust_log(args: &[&str], log: PathBuf) -> Proc {
         let mut cmd = command(args, &log);
