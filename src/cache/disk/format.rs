@@ -88,9 +88,9 @@ pub(crate) struct RelPath {
 impl RelPath {
     const CAP: usize = 48;
 
-    pub(crate) fn as_c_str(&self) -> &std::ffi::CStr {
-        // `buf[len]` is the first NUL: silo names and hex digits hold none.
-        std::ffi::CStr::from_bytes_with_nul(&self.buf[..=self.len]).unwrap_or_default()
+    /// `None` only if a NUL were inside (silo names and hex digits hold none).
+    pub(crate) fn as_c_str(&self) -> Option<&std::ffi::CStr> {
+        std::ffi::CStr::from_bytes_with_nul(&self.buf[..=self.len]).ok()
     }
 }
 

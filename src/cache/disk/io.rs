@@ -79,7 +79,7 @@ pub(crate) async fn read_at(file: Arc<File>, off: u64, n: usize) -> io::Result<B
 /// wants more than a header check (an shm-cached file, an invalid one, an mtime due a
 /// touch): [`open_checked`] on the blocking pool then does it all.
 pub(crate) fn open_checked_nowait(root: &RootDir, obj: &ObjectRef) -> Option<Found> {
-    let (file, stamp) = match open_fresh_nowait(root, obj) {
+    let (file, stamp) = match open_fresh_nowait(root, obj, SystemTime::now()) {
         Ok(Some(opened)) => opened,
         Ok(None) => return None,
         Err(e) if is_absent(&e) => return Some(Found::Missing),
@@ -105,14 +105,16 @@ pub(crate) struct FileStamp {
 }
 
 /// The first half of [`open_checked_nowait`]: `obj`'s file, opened if the kernel can
-/// resolve it without I/O, a regular file whose mtime is not due a touch.
+/// resolve it without I/O, a regular file whose mtime is not due a touch at `now` (the
+/// caller's one clock reading for the request).
 /// `Ok(None)`: that cannot be had without waiting (or the touch is due); `Err`: a real
 /// answer such as `NotFound`.
 pub(crate) fn open_fresh_nowait(
     root: &RootDir,
     obj: &ObjectRef,
+    now: SystemTime,
 ) -> io::Result<Option<(File, FileStamp)>> {
-    let Some(file) = root.open_cached(obj)? else {
+    let Some(file) = root.open_cached(obj, now)? else {
         return Ok(None);
     };
     // fstat on an open descriptor needs no I/O: the inode is in memory.
@@ -122,7 +124,7 @@ pub(crate) fn open_fresh_nowait(
     let Ok(mtime) = md.modified() else {
         return Ok(None);
     };
-    let fresh = SystemTime::now()
+    let fresh = now
         .duration_since(mtime)
         .map_or(true, |age| age <= TOUCH_EVERY);
     let stamp = FileStamp {

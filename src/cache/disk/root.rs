@@ -17,13 +17,14 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
 use super::format::ObjectRef;
 use super::fs::FileId;
 use super::nowait;
-use crate::cache::unix_now;
+use crate::cache::unix_secs;
 
 pub(crate) struct RootDir {
     path: PathBuf,
@@ -60,13 +61,15 @@ impl RootDir {
         }
     }
 
-    /// [`nowait::open_cached`] of `obj`'s file.
-    pub(crate) fn open_cached(&self, obj: &ObjectRef) -> io::Result<Option<File>> {
-        self.recheck_at(unix_now());
+    /// [`nowait::open_cached`] of `obj`'s file; `now`: the caller's clock reading for
+    /// this request (the once-a-second look at the name goes by it).
+    pub(crate) fn open_cached(&self, obj: &ObjectRef, now: SystemTime) -> io::Result<Option<File>> {
+        self.recheck_at(unix_secs(now));
         match &*self.held.load() {
-            Some(held) => {
-                nowait::open_cached_at(Some(held.dir.as_fd()), obj.rel_path_c().as_c_str())
-            }
+            Some(held) => match obj.rel_path_c().as_c_str() {
+                Some(rel) => nowait::open_cached_at(Some(held.dir.as_fd()), rel),
+                None => Ok(None), // cannot try inline: the blocking path looks
+            },
             None => nowait::open_cached(&obj.path(&self.path)),
         }
     }
@@ -123,7 +126,7 @@ mod tests {
 
     /// What `root` opens for `obj`: `None` when it cannot be opened without waiting.
     fn read(root: &RootDir, obj: &ObjectRef) -> io::Result<Option<Vec<u8>>> {
-        let Some(mut file) = root.open_cached(obj)? else {
+        let Some(mut file) = root.open_cached(obj, SystemTime::now())? else {
             return Ok(None);
         };
         let mut bytes = Vec::new();
@@ -143,7 +146,8 @@ mod tests {
     fn held_at(path: &Path) -> RootDir {
         let root = RootDir::new(path);
         root.refresh();
-        root.checked.store(unix_now(), Ordering::Relaxed);
+        root.checked
+            .store(crate::cache::unix_now(), Ordering::Relaxed);
         root
     }
 
@@ -152,7 +156,8 @@ mod tests {
         for silo in Silo::ALL {
             let obj = object(silo);
             let rel = obj.rel_path_c();
-            let rel = Path::new(rel.as_c_str().to_str().expect("ascii"));
+            let rel = rel.as_c_str().expect("a C string");
+            let rel = Path::new(rel.to_str().expect("ascii"));
             assert_eq!(Path::new("/c").join(rel), obj.path(Path::new("/c")));
         }
     }

@@ -131,7 +131,7 @@ impl DiskStorage {
         }
         self.start_background();
         // A missing or bad file is the full path's to count and remove.
-        let (file, stamp) = io::open_fresh_nowait(&self.root, &obj).ok()??;
+        let (file, stamp) = io::open_fresh_nowait(&self.root, &obj, now).ok()??;
         let key = obj.key_hash();
         let kept = self.heads.get(&key, &stamp);
         let (head, answer) = match kept.as_ref().and_then(|h| h.prepared.get(tag)) {

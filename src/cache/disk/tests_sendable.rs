@@ -188,14 +188,51 @@ async fn a_file_rewritten_in_place_is_not_sent_with_its_old_head() {
     );
 }
 
+/// Stores `b` under `k` fresh for `fresh` from now.
+async fn put_fresh_for(
+    s: &'static super::DiskStorage,
+    k: &pingora_cache::CacheKey,
+    b: &[u8],
+    fresh: Duration,
+) {
+    let mut header = pingora_http::ResponseHeader::build(200, None).unwrap();
+    header.append_header("content-type", "image/jpeg").unwrap();
+    header
+        .append_header("content-length", b.len().to_string())
+        .unwrap();
+    let stored = now();
+    let meta = pingora_cache::CacheMeta::new(stored + fresh, stored, 0, 0, header);
+    let mut miss = s.get_miss_handler(k, &meta, &span()).await.unwrap();
+    miss.write_body(Bytes::copy_from_slice(b), true)
+        .await
+        .unwrap();
+    miss.finish().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_hit_past_its_freshness_is_not_sendable() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
-    put(s, &key(10), &body(10_000, 10)).await;
-    let later = now() + Duration::from_secs(400 * 24 * 3600);
+    put_fresh_for(s, &key(10), &body(10_000, 10), Duration::from_secs(10)).await;
+    // A minute on: stale, and the file's mtime not yet due a touch (an hour).
+    let later = now() + Duration::from_secs(60);
     assert!(s.lookup_sendable(obj(10), TAG, later).is_none());
     assert!(s.lookup_sendable(obj(10), TAG, now()).is_some());
+}
+
+#[tokio::test]
+async fn a_file_due_a_touch_is_left_to_the_full_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    let day = Duration::from_secs(24 * 3600);
+    put_fresh_for(s, &key(12), &body(10_000, 12), day).await;
+    // Two hours on: still fresh, but its mtime (the LRU order after a restart) is due.
+    let later = now() + Duration::from_secs(2 * 3600);
+    assert!(
+        s.lookup_sendable(obj(12), TAG, later).is_none(),
+        "the touch is the blocking path's"
+    );
+    assert!(s.lookup_sendable(obj(12), TAG, now()).is_some());
 }
 
 #[tokio::test]
