@@ -337,22 +337,23 @@ fn raise_open_files_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit read or write only the struct they are given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
-            return;
-        }
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            // The soft limit stays; connections past it are refused.
-            eprintln!(
-                "shimmer: warning: cannot raise the open files limit from {}: {}",
-                lim.rlim_cur,
-                std::io::Error::last_os_error()
-            );
-        }
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        ..lim
+    };
+    // SAFETY: setrlimit reads only the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        // The soft limit stays; connections past it are refused.
+        eprintln!(
+            "shimmer: warning: cannot raise the open files limit from {}: {}",
+            lim.rlim_cur,
+            std::io::Error::last_os_error()
+        );
     }
 }

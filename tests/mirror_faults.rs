@@ -12,19 +12,27 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn start_mirror(work: &TempDir, origins: Vec<String>, extra_origin: &str) -> Mirror {
+    start_mirror_with(work, origins, extra_origin, Proc::spawn)
+}
+
+/// [`start_mirror`] with a chosen spawner.
+fn start_mirror_with(
+    work: &TempDir,
+    origins: Vec<String>,
+    extra_origin: &str,
+    spawn: impl FnOnce(&[&str], std::path::PathBuf) -> Proc,
+) -> Mirror {
     let port = free_port();
-    Mirror::start(
-        work.path(),
-        &MirrorSpec {
-            node: "a",
-            port,
-            origins,
-            image_ilink: format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext"),
-            image_tlink: format!("http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"),
-            extra_cache: "",
-            extra_origin,
-        },
-    )
+    let spec = MirrorSpec {
+        node: "a",
+        port,
+        origins,
+        image_ilink: format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext"),
+        image_tlink: format!("http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"),
+        extra_cache: "",
+        extra_origin,
+    };
+    Mirror::start_yaml_with(work.path(), port, &mirror_yaml(work.path(), &spec), spawn)
 }
 
 /// Sends raw bytes and returns the status code of the answer (0 when the connection
@@ -303,20 +311,10 @@ async fn a_mirror_started_under_a_low_soft_open_files_limit_serves_more_connecti
     let work = tempfile::tempdir().expect("tempdir");
     let data = DataDir::new(work.path().join("data"));
     let origin = Origin::start(&data.dir, work.path());
-    let port = free_port();
-    let spec = MirrorSpec {
-        node: "a",
-        port,
-        origins: vec![format!("http://{}", origin.addr)],
-        image_ilink: format!("http://127.0.0.1:{port}/_images/$hash/$id.$ext"),
-        image_tlink: format!("http://127.0.0.1:{port}/_thumbs/$hash/thumb.$ext"),
-        extra_cache: "",
-        extra_origin: "",
-    };
-    let mirror = Mirror::start_yaml_with(
-        work.path(),
-        port,
-        &mirror_yaml(work.path(), &spec),
+    let mirror = start_mirror_with(
+        &work,
+        vec![format!("http://{}", origin.addr)],
+        "",
         |args, log| Proc::spawn_with_soft_open_files(SOFT, args, log),
     );
     let (soft, hard) = open_files_limits(mirror.proc.pid());

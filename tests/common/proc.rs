@@ -55,49 +55,61 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// Like [`Proc::spawn`], under a seccomp filter that answers system call `nr` with
-    /// `ENOSYS`, as a kernel that predates it does (e.g. `cachestat`, Linux 6.5).
-    pub fn spawn_without_syscall(nr: u32, args: &[&str], log: PathBuf) -> Proc {
+    /// Like [`Proc::spawn`], with `prepare` run in the child between fork and exec.
+    ///
+    /// # Safety
+    /// `prepare` may only make async-signal-safe calls (see `CommandExt::pre_exec`).
+    unsafe fn spawn_prepared(
+        args: &[&str],
+        log: PathBuf,
+        prepare: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Proc {
         use std::os::unix::process::CommandExt;
         let mut cmd = command(args, &log);
         cmd.env("RUST_LOG", "info");
+        // SAFETY: the caller's promise.
+        unsafe { cmd.pre_exec(prepare) };
+        Proc::start(cmd, log)
+    }
+
+    /// Like [`Proc::spawn`], under a seccomp filter that answers system call `nr` with
+    /// `ENOSYS`, as a kernel that predates it does (e.g. `cachestat`, Linux 6.5).
+    pub fn spawn_without_syscall(nr: u32, args: &[&str], log: PathBuf) -> Proc {
         let filter = enosys_filter(nr);
-        // SAFETY: only prctl, async-signal-safe, runs in the child between fork and exec;
-        // the filter it points at was built before the fork and is the child's copy.
-        unsafe {
-            cmd.pre_exec(move || {
-                let prog = libc::sock_fprog {
-                    len: filter.len() as u16,
-                    filter: filter.as_ptr() as *mut libc::sock_filter,
-                };
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+        let install = move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            // SAFETY: prctl reads the program, the child's copy of the filter built
+            // before the fork.
+            let failed = unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                     || libc::prctl(
                         libc::PR_SET_SECCOMP,
                         libc::SECCOMP_MODE_FILTER,
                         &prog as *const libc::sock_fprog,
                     ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Proc::start(cmd, log)
+            };
+            if failed {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: only prctl, which is async-signal-safe.
+        unsafe { Proc::spawn_prepared(args, log, install) }
     }
 
     /// Like [`Proc::spawn`], with the soft limit on open descriptors lowered to `soft`
     /// (the hard one as the test's), as a login shell's 1024 is below its hard limit.
     pub fn spawn_with_soft_open_files(soft: u64, args: &[&str], log: PathBuf) -> Proc {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = command(args, &log);
-        // SAFETY: only getrlimit and setrlimit, async-signal-safe, run in the child
-        // between fork and exec, on a struct of their own.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut lim = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
+        let lower = move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit and setrlimit use only the struct they are given.
+            unsafe {
                 if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -105,10 +117,11 @@ impl Proc {
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
-        Proc::start(cmd, log)
+            }
+            Ok(())
+        };
+        // SAFETY: only getrlimit and setrlimit, which are async-signal-safe.
+        unsafe { Proc::spawn_prepared(args, log, lower) }
     }
 
     /// Like [`Proc::spawn`], but without RUST_LOG, so the config's `log_level` rules.
